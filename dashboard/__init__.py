@@ -1,0 +1,1 @@
+"""Dash frontend; talks to the backend over HTTP only."""

@@ -1,0 +1,62 @@
+"""docker-compose.yml: structure checked here; `docker compose config` when a CLI exists."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_services_and_volume(compose: dict) -> None:
+    services = compose["services"]
+    assert {"api", "dashboard", "postgres"} <= set(services)
+    assert services["postgres"]["profiles"] == ["postgres"]
+    assert "dora-data" in compose["volumes"]
+    assert any(v.startswith("dora-data:") for v in services["api"]["volumes"])
+
+
+@pytest.mark.parametrize("name", ["api", "dashboard", "postgres"])
+def test_ports_bound_to_loopback_and_healthchecks(compose: dict, name: str) -> None:
+    service = compose["services"][name]
+    for port in service.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    assert service["healthcheck"]["test"]
+
+
+def test_database_url_is_wired(compose: dict) -> None:
+    env = compose["services"]["api"]["environment"]
+    assert "DATABASE_URL" in env
+
+
+def _compose_cmd() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.mark.parametrize("profile", [None, "postgres"])
+def test_docker_compose_config_validates(profile: str | None) -> None:
+    cmd = _compose_cmd()
+    if cmd is None:
+        pytest.skip("no `docker compose` plugin and no docker-compose binary on this machine")
+    args = [*cmd, "-f", str(COMPOSE)]
+    if profile:
+        args += ["--profile", profile]
+    out = subprocess.run([*args, "config"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rendered = yaml.safe_load(out.stdout)
+    assert "api" in rendered["services"]
+    assert ("postgres" in rendered["services"]) == (profile == "postgres")
