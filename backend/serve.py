@@ -66,23 +66,47 @@ def _start_demo(api: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the DoRA API and dashboard on loopback.")
     parser.add_argument("--host", default=os.environ.get("DORA_API_HOST", "127.0.0.1"))
-    parser.add_argument("--api-port", type=int, default=int(os.environ.get("DORA_API_PORT", "8000")))
-    parser.add_argument("--dash-port", type=int, default=int(os.environ.get("DORA_DASH_PORT", "8050")))
-    parser.add_argument("--demo", action="store_true", help="launch a demo DoRA job once the API is up")
+    parser.add_argument(
+        "--api-port", type=int, default=int(os.environ.get("DORA_API_PORT", "8000"))
+    )
+    parser.add_argument(
+        "--dash-port", type=int, default=int(os.environ.get("DORA_DASH_PORT", "8050"))
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="launch a demo DoRA job once the API is up"
+    )
     args = parser.parse_args(argv)
 
     for port in (args.api_port, args.dash_port):
         if not _port_free(args.host, port):
-            print(f"error: {args.host}:{port} is in use; free it or set DORA_API_PORT / DORA_DASH_PORT", file=sys.stderr)
+            print(
+                f"error: {args.host}:{port} is in use; free it or set DORA_API_PORT / DORA_DASH_PORT",
+                file=sys.stderr,
+            )
             return 2
 
     api = f"http://{args.host}:{args.api_port}"
     dash_url = f"http://{args.host}:{args.dash_port}"
-    env = {**os.environ, "DORA_API_URL": api, "DORA_DASH_HOST": args.host, "DORA_DASH_PORT": str(args.dash_port)}
+    env = {
+        **os.environ,
+        "DORA_API_URL": api,
+        "DORA_DASH_HOST": args.host,
+        "DORA_DASH_PORT": str(args.dash_port),
+    }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", args.host,
-             "--port", str(args.api_port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "backend.main:app",
+                "--host",
+                args.host,
+                "--port",
+                str(args.api_port),
+                "--log-level",
+                "warning",
+            ],
             env=env,
         ),
         subprocess.Popen([sys.executable, "-m", "dashboard.app"], env=env),
@@ -94,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _wait_http(dash_url, procs[1]):
             print("error: the dashboard did not come up; see its log above", file=sys.stderr)
             return 1
-        print(f"\n  API        {api}/docs\n  Dashboard  {dash_url}\n\nPress Ctrl-C to stop.\n", flush=True)
+        print(
+            f"\n  API        {api}/docs\n  Dashboard  {dash_url}\n\nPress Ctrl-C to stop.\n",
+            flush=True,
+        )
         if args.demo:
             _start_demo(api)
         while all(p.poll() is None for p in procs):

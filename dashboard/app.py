@@ -11,7 +11,11 @@ def create_app(api_url: str | None = None) -> Dash:
     api_url = api_url or os.environ.get("DORA_API_URL", "http://127.0.0.1:8000")
     app = Dash(__name__, title="DoRA dashboard")
     app.layout = html.Div(
-        [html.H1("DoRA dashboard"), html.P(f"API: {api_url}"), html.P("Pages arrive with the dashboard issue.")]
+        [
+            html.H1("DoRA dashboard"),
+            html.P(f"API: {api_url}"),
+            html.P("Pages arrive with the dashboard issue."),
+        ]
     )
     return app
 

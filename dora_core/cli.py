@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    presets = sub.add_parser("presets", help="list model and dataset presets and whether they are installed")
+    presets = sub.add_parser(
+        "presets", help="list model and dataset presets and whether they are installed"
+    )
     presets.add_argument("--json", action="store_true", help="machine-readable output")
     presets.set_defaults(func=_cmd_presets)
     return parser

@@ -35,52 +35,132 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- what to train on ---
-    name: str | None = Field(None, max_length=120, description="Run name shown in the dashboard; default: <method>-<model>-<dataset>")
-    model: str = Field("minilm", min_length=1, description="Model preset (minilm, smollm2-135m) or a local transformers folder")
-    dataset: str = Field("rt-snippets", min_length=1, description="Dataset preset (rt-snippets, sms-spam, bbc-news, tweets) or a local .csv/.jsonl file")
-    text_column: str = Field("text", min_length=1, description="Text column of a user CSV/JSONL file")
-    label_column: str = Field("label", min_length=1, description="Label column of a user CSV/JSONL file (strings or integers)")
-    max_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation (batches are padded dynamically)")
-    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the data held out as the dev split (seeded, recorded in the run dir)")
-    max_train_samples: int | None = Field(None, ge=1, description="Cap on training examples (for quick jobs)")
+    name: str | None = Field(
+        None,
+        max_length=120,
+        description="Run name shown in the dashboard; default: <method>-<model>-<dataset>",
+    )
+    model: str = Field(
+        "minilm",
+        min_length=1,
+        description="Model preset (minilm, smollm2-135m) or a local transformers folder",
+    )
+    dataset: str = Field(
+        "rt-snippets",
+        min_length=1,
+        description="Dataset preset (rt-snippets, sms-spam, bbc-news, tweets) or a local .csv/.jsonl file",
+    )
+    text_column: str = Field(
+        "text", min_length=1, description="Text column of a user CSV/JSONL file"
+    )
+    label_column: str = Field(
+        "label",
+        min_length=1,
+        description="Label column of a user CSV/JSONL file (strings or integers)",
+    )
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=4096,
+        description="Tokens per example after truncation (batches are padded dynamically)",
+    )
+    dev_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of the data held out as the dev split (seeded, recorded in the run dir)",
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Cap on training examples (for quick jobs)"
+    )
     max_dev_samples: int | None = Field(None, ge=1, description="Cap on dev examples")
 
     # --- the adapter ---
-    method: Method = Field("dora", description="dora (dynamic rank, ours), lora or adalora (real PEFT), full (all weights)")
-    target_rank: int = Field(8, ge=1, le=256, description="b(T): average live components per adapted layer at the end (LoRA rank for method=lora)")
-    init_rank: int | None = Field(None, ge=1, le=384, description="r': components per layer at the start; default ceil(1.5 * target_rank)")
-    target_modules: list[str] | None = Field(None, description="Module name suffixes or one regex; default: every attention and FFN projection of the model family")
-    alpha: float = Field(8.0, gt=0, description="Scale numerator: the adapter output is multiplied by alpha / r'")
+    method: Method = Field(
+        "dora",
+        description="dora (dynamic rank, ours), lora or adalora (real PEFT), full (all weights)",
+    )
+    target_rank: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="b(T): average live components per adapted layer at the end (LoRA rank for method=lora)",
+    )
+    init_rank: int | None = Field(
+        None,
+        ge=1,
+        le=384,
+        description="r': components per layer at the start; default ceil(1.5 * target_rank)",
+    )
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module name suffixes or one regex; default: every attention and FFN projection of the model family",
+    )
+    alpha: float = Field(
+        8.0, gt=0, description="Scale numerator: the adapter output is multiplied by alpha / r'"
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input")
     beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the importance scores (Eq. 8)")
     warmup_frac: float = Field(0.15, ge=0, lt=1, description="t_i / T: steps before pruning starts")
-    final_frac: float = Field(0.5, ge=0, lt=1, description="t_f / T: steps after the mask is frozen")
+    final_frac: float = Field(
+        0.5, ge=0, lt=1, description="t_f / T: steps after the mask is frozen"
+    )
     prune_interval: int = Field(10, ge=1, description="Optimizer steps between pruning events")
-    dem_weight: float = Field(0.1, ge=0, le=10, description="eta, weight of the DEM regulariser (Eq. 10); 0 turns it off")
-    dem_after_freeze: bool = Field(False, description="Keep the DEM regulariser after the mask is frozen (the released code drops it)")
+    dem_weight: float = Field(
+        0.1, ge=0, le=10, description="eta, weight of the DEM regulariser (Eq. 10); 0 turns it off"
+    )
+    dem_after_freeze: bool = Field(
+        False,
+        description="Keep the DEM regulariser after the mask is frozen (the released code drops it)",
+    )
 
     # --- optimisation ---
-    epochs: float | None = Field(3.0, gt=0, le=1000, description="Passes over the training split (ignored when max_steps is set)")
+    epochs: float | None = Field(
+        3.0,
+        gt=0,
+        le=1000,
+        description="Passes over the training split (ignored when max_steps is set)",
+    )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps T; overrides epochs")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch")
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step")
     lr: float = Field(5e-4, gt=0, le=1, description="Peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay")
-    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of T with a linear learning-rate warm-up")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after the warm-up")
-    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null turns clipping off")
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for the split, the init and the data order")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="Share of T with a linear learning-rate warm-up"
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after the warm-up"
+    )
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="Max global gradient norm; null turns clipping off"
+    )
+    seed: int = Field(
+        42, ge=0, le=2**31 - 1, description="Seed for the split, the init and the data order"
+    )
 
     # --- bookkeeping ---
-    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between dev evaluations; default: 10 per run")
-    checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints; default: at every evaluation")
-    report_every: int = Field(1, ge=1, description="Send scores every K steps (always at pruning events)")
-    output_dir: str | None = Field(None, description="Run directory; default: <data dir>/runs/<name>-<timestamp>")
+    eval_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between dev evaluations; default: 10 per run"
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between checkpoints; default: at every evaluation"
+    )
+    report_every: int = Field(
+        1, ge=1, description="Send scores every K steps (always at pruning events)"
+    )
+    output_dir: str | None = Field(
+        None, description="Run directory; default: <data dir>/runs/<name>-<timestamp>"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
-        if self.method in ("dora", "adalora") and self.init_rank is not None and self.init_rank <= self.target_rank:
+        if (
+            self.method in ("dora", "adalora")
+            and self.init_rank is not None
+            and self.init_rank <= self.target_rank
+        ):
             raise ValueError(
                 f"init_rank: must be larger than target_rank ({self.init_rank} <= {self.target_rank}); "
                 "pruning needs components to remove, so raise init_rank or lower target_rank"
@@ -93,7 +173,9 @@ class JobConfig(BaseModel):
         if self.max_steps is None and self.epochs is None:
             raise ValueError("epochs: set epochs or max_steps")
         if self.target_modules is not None and not self.target_modules:
-            raise ValueError("target_modules: empty list; give at least one suffix or regex, or null for the default")
+            raise ValueError(
+                "target_modules: empty list; give at least one suffix or regex, or null for the default"
+            )
         return self
 
     @property
@@ -125,7 +207,9 @@ def _split_field(field: str, msg: str) -> tuple[str, str]:
 def parse_job_config(data: Any) -> JobConfig:
     """Validate a mapping into a JobConfig; raise JobConfigError naming each bad field."""
     if not isinstance(data, dict):
-        raise JobConfigError([("", f"a job config is a mapping of fields, got {type(data).__name__}")])
+        raise JobConfigError(
+            [("", f"a job config is a mapping of fields, got {type(data).__name__}")]
+        )
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
@@ -134,7 +218,11 @@ def parse_job_config(data: Any) -> JobConfig:
             field, msg = _split_field(_field_of(err["loc"]), err["msg"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown field; see `dora train --help` for the list"
-            elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            elif (
+                "input" in err
+                and err["type"] not in ("missing",)
+                and not isinstance(err["input"], dict)
+            ):
                 msg = f"{msg} (got {err['input']!r})"
             errors.append((field, msg))
         raise JobConfigError(errors) from None
@@ -149,7 +237,9 @@ def load_job_config(path: str | Path) -> JobConfig:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise JobConfigError([("", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")]) from None
+        raise JobConfigError(
+            [("", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")]
+        ) from None
     return parse_job_config(data if data is not None else {})
 
 
@@ -158,6 +248,8 @@ def fields_help() -> str:
     lines = []
     for name, info in JobConfig.model_fields.items():
         default = info.default
-        ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace(
+            "typing.", ""
+        )
         lines.append(f"  {name:<18} {ann:<22} default {default!r}\n      {info.description}")
     return "\n".join(lines)

@@ -13,7 +13,13 @@ def test_defaults_follow_the_paper() -> None:
     cfg = parse_job_config({})
     assert cfg.target_rank == 8 and cfg.start_rank == 12  # r' = ceil(1.5 b(T))
     assert (cfg.beta, cfg.warmup_frac, cfg.final_frac) == (0.9, 0.15, 0.5)
-    assert (cfg.alpha, cfg.dropout, cfg.weight_decay, cfg.warmup_ratio, cfg.grad_clip) == (8.0, 0.1, 0.01, 0.06, 1.0)
+    assert (cfg.alpha, cfg.dropout, cfg.weight_decay, cfg.warmup_ratio, cfg.grad_clip) == (
+        8.0,
+        0.1,
+        0.01,
+        0.06,
+        1.0,
+    )
 
 
 @pytest.mark.parametrize("b", [1, 2, 3, 7, 8, 33])

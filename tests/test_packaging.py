@@ -46,7 +46,10 @@ def test_dora_presets_json_reports_installed_packages() -> None:
 
     out = subprocess.run(
         [sys.executable, "-m", "dora_core.cli", "presets", "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     assert {"minilm", "smollm2-135m", "rt-snippets", "sms-spam", "bbc-news", "tweets"} <= set(rows)

@@ -28,8 +28,20 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
     api_port, dash_port = free_port(), free_port()
     env = {**os.environ, "DORA_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.serve", "--api-port", str(api_port), "--dash-port", str(dash_port)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "backend.serve",
+            "--api-port",
+            str(api_port),
+            "--dash-port",
+            str(dash_port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         health = _wait(f"http://127.0.0.1:{api_port}/api/health")
