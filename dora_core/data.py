@@ -1,0 +1,341 @@
+"""Text classification data: the four presets, user CSV/JSONL, a seeded split, batches.
+
+Everything a run needs to rebuild its data exactly: the split is a pure
+function of (labels, dev_fraction, seed) and is recorded in ``split.json``;
+the order of micro-batches is a pure function of (seed, epoch), so a resumed
+run only needs the number of micro-batches already consumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dora_core.jobconfig import JobConfig, JobConfigError
+from dora_core.presets import DATASETS
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts with integer labels; ``label_names[i]`` is what label i stood for."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8; a line that is not valid UTF-8 is read as cp1252 (the tweets corpus mixes both)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\n".join(_decode_line(line) for line in raw.split(b"\n"))
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("cp1252", errors="replace")
+
+
+def _encode_labels(raw: Sequence[Any]) -> tuple[list[int], list[str]]:
+    """Map raw labels to 0..K-1: integer labels keep their numeric order, others sort as text."""
+    values = sorted({str(v) for v in raw})
+    if all(_is_int(v) for v in values):
+        values.sort(key=int)
+    index = {v: i for i, v in enumerate(values)}
+    return [index[str(v)] for v in raw], values
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _rt_snippets(path: Path) -> TextDataset:
+    """hutto_ICWSM_2014: tab-separated id, mean human rating in [-4, 4], text; positive = rating > 0."""
+    texts, labels = [], []
+    for line in _read_text(path).splitlines()[1:]:
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        texts.append(parts[2].strip())
+        labels.append(int(float(parts[1]) > 0))
+    return TextDataset(texts, labels, ["negative", "positive"])
+
+
+def _sms_spam(path: Path) -> TextDataset:
+    rows = list(csv.DictReader(_read_text(path).splitlines(keepends=True)))
+    return TextDataset([r["text"] for r in rows], [int(r["spam"]) for r in rows], ["ham", "spam"])
+
+
+def _bbc_news(folder: Path) -> TextDataset:
+    """One folder per topic, one article per .txt file (title on the first line)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(names):
+        for file in sorted((folder / name).glob("*.txt")):
+            texts.append(" ".join(_read_text(file).split()))
+            labels.append(label)
+    return TextDataset(texts, labels, names)
+
+
+def _tweets(path: Path) -> TextDataset:
+    rows = list(csv.DictReader(_read_text(path).splitlines(keepends=True)))
+    names = ["negative", "neutral", "positive"]
+    index = {n: i for i, n in enumerate(names)}
+    rows = [r for r in rows if r.get("sentiment") in index and r.get("text")]
+    return TextDataset([r["text"] for r in rows], [index[r["sentiment"]] for r in rows], names)
+
+
+_PRESET_READERS = {
+    "rt-snippets": _rt_snippets,
+    "sms-spam": _sms_spam,
+    "bbc-news": _bbc_news,
+    "tweets": _tweets,
+}
+
+
+def read_user_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a user .csv or .jsonl file as dicts (JSONL: one object per line)."""
+    text = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JobConfigError(
+                    [
+                        (
+                            "dataset",
+                            f"{path} line {number} is not valid JSON ({exc.msg}); fix that line",
+                        )
+                    ]
+                ) from None
+            if not isinstance(row, dict):
+                raise JobConfigError(
+                    [
+                        (
+                            "dataset",
+                            f"{path} line {number} is not a JSON object; write one object per line",
+                        )
+                    ]
+                )
+            rows.append(row)
+        return rows
+    return list(csv.DictReader(text.splitlines(keepends=True)))
+
+
+def user_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Column names in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows[:1000]:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def _user_file(path: Path, text_column: str, label_column: str) -> TextDataset:
+    rows = read_user_rows(path)
+    columns = user_columns(rows)
+    for field, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in columns:
+            raise JobConfigError(
+                [
+                    (
+                        field,
+                        f"column {column!r} is not in {path.name} (columns: {', '.join(columns) or 'none'}); set {field} to one of them",
+                    )
+                ]
+            )
+    rows = [
+        r
+        for r in rows
+        if r.get(text_column) not in (None, "") and r.get(label_column) not in (None, "")
+    ]
+    labels, names = _encode_labels([r[label_column] for r in rows])
+    return TextDataset([str(r[text_column]) for r in rows], labels, names)
+
+
+def load_dataset(job: JobConfig) -> TextDataset:
+    """The whole labelled dataset named by the job (before splitting)."""
+    if job.dataset in DATASETS:
+        preset = DATASETS[job.dataset]
+        path = preset.path()
+        if path is None:
+            raise JobConfigError(
+                [("dataset", f"preset {job.dataset!r} is not installed; {preset.install_hint}")]
+            )
+        return _PRESET_READERS[job.dataset](path)
+    return _user_file(Path(job.dataset), job.text_column, job.label_column)
+
+
+# --- the split -----------------------------------------------------------------------------
+
+
+def split_indices(
+    labels: Sequence[int], dev_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Seeded stratified split: each class gives round(fraction * its size) examples (>= 1) to dev.
+
+    Returns (train, dev) index lists; train is in a seeded random order (so a
+    ``max_train_samples`` cap takes a random subset), dev is sorted.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    train, dev = [], []
+    for y in sorted(by_class):
+        members = by_class[y]
+        order = torch.randperm(len(members), generator=gen).tolist()
+        n_dev = (
+            min(len(members) - 1, max(1, round(dev_fraction * len(members))))
+            if len(members) > 1
+            else 0
+        )
+        dev.extend(members[j] for j in order[:n_dev])
+        train.extend(members[j] for j in order[n_dev:])
+    shuffle = torch.randperm(len(train), generator=gen).tolist()
+    return [train[j] for j in shuffle], sorted(dev)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: TextDataset
+    dev: TextDataset
+    record: dict  # what goes to split.json
+
+
+def make_split(data: TextDataset, job: JobConfig) -> Split:
+    """Apply the seeded split and the sample caps; the record lists every dev index."""
+    train_idx, dev_idx = split_indices(data.labels, job.dev_fraction, job.seed)
+    if job.max_train_samples is not None:
+        train_idx = train_idx[: job.max_train_samples]
+    if job.max_dev_samples is not None:
+        gen = torch.Generator().manual_seed(job.seed + 1)
+        keep = sorted(torch.randperm(len(dev_idx), generator=gen)[: job.max_dev_samples].tolist())
+        dev_idx = [dev_idx[j] for j in keep]
+
+    def subset(idx: list[int]) -> TextDataset:
+        return TextDataset(
+            [data.texts[i] for i in idx], [data.labels[i] for i in idx], data.label_names
+        )
+
+    record = {
+        "dataset": job.dataset,
+        "seed": job.seed,
+        "dev_fraction": job.dev_fraction,
+        "total": len(data),
+        "train_size": len(train_idx),
+        "dev_size": len(dev_idx),
+        "label_names": data.label_names,
+        "dev_indices": dev_idx,
+    }
+    return Split(subset(train_idx), subset(dev_idx), record)
+
+
+# --- tokens and batches --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids per example (unpadded) and labels."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(data: TextDataset, tokenizer: Any, max_length: int) -> Encoded:
+    """Tokenise once up front; padding happens per batch (dynamic padding)."""
+    ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"]
+    return Encoded([list(x) for x in ids], list(data.labels))
+
+
+def collate(examples: Encoded, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad the chosen examples to the longest of them."""
+    rows = [examples.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, row in enumerate(rows):
+        input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[j, : len(row)] = 1
+    labels = torch.tensor([examples.labels[i] for i in indices], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which examples make micro-batch number g, on this rank.
+
+    Each epoch uses a permutation seeded by (seed, epoch). A global micro-batch
+    holds ``batch_size * world_size`` examples; rank r takes its contiguous
+    share. With one process the last short batch is kept; with several it is
+    dropped so that every rank runs the same number of steps.
+    """
+
+    num_examples: int
+    batch_size: int
+    seed: int
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def per_epoch(self) -> int:
+        if self.world_size == 1:
+            return math.ceil(self.num_examples / self.batch_size)
+        return max(1, self.num_examples // self.global_batch)
+
+    def order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_examples, generator=gen).tolist()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[int, list[int]]]:
+        """Yield (g, indices) for micro-batches g = start, start+1, ... forever."""
+        g = start
+        epoch, cached = -1, []
+        while True:
+            e, within = divmod(g, self.per_epoch)
+            if e != epoch:
+                epoch, cached = e, self.order(e)
+            chunk = cached[within * self.global_batch : (within + 1) * self.global_batch]
+            share = math.ceil(len(chunk) / self.world_size)
+            yield g, chunk[self.rank * share : (self.rank + 1) * share]
+            g += 1
+
+
+def eval_batches(
+    num_examples: int, batch_size: int, world_size: int = 1, rank: int = 0
+) -> list[list[int]]:
+    """Dev set in order, strided over ranks (rank r gets examples r, r+W, ...)."""
+    mine = list(range(rank, num_examples, world_size))
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -1,0 +1,160 @@
+"""The reporter's durable side: metrics.jsonl, the spool and a small state file.
+
+Three files in the run directory, written in this order for every batch:
+
+1. ``metrics.jsonl``: one line per record (what the run reported),
+2. ``telemetry-spool.jsonl``: the batch, waiting for the API,
+3. ``telemetry-state.json``: the commit point (next seq, metrics line count, run id).
+
+A SIGKILL between two writes leaves a batch half written; ``recover`` keeps
+it only if both earlier writes are complete and drops it otherwise, so
+``metrics.jsonl`` always equals the records of the committed batches. A
+resumed run regenerates the steps since its checkpoint; records at or
+below the step a stream had reached when the journal was opened are skipped,
+so nothing is reported twice and the API never sees a stream go backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+SPOOL_FILE = "telemetry-spool.jsonl"
+STATE_FILE = "telemetry-state.json"
+
+# metrics.jsonl "type" -> the batch's list for it (docs/protocol.md).
+BATCH_KEYS = {"scores": "scores", "budget": "budget", "scalars": "scalars", "event": "events"}
+
+
+def stream_keys(record: dict) -> list[tuple[str, ...]]:
+    """The streams a record advances; a stream's steps never go back."""
+    kind = record["type"]
+    if kind == "scalars":
+        return [("scalars", key) for key in record["values"]]
+    if kind == "event":
+        return [("event", record["kind"])]
+    return [(kind,)]
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Complete lines only: a torn last line (no newline) is ignored."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Journal:
+    """Local record of what was reported and what still has to reach the API."""
+
+    def __init__(self, run_dir: str | Path, spool: bool):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / METRICS_FILE
+        self.spool_path = self.dir / SPOOL_FILE
+        self.state_path = self.dir / STATE_FILE
+        self.use_spool = spool
+        self.state: dict[str, Any] = {"next_seq": 0, "metrics_lines": 0, "run_id": None}
+        self.pending: list[dict] = []  # spooled requests, oldest first
+        # Per stream, the last step reported before this process started.
+        self.replay_until: dict[tuple[str, ...], int] = {}
+        self._recover()
+
+    # --- start-up ---
+    def _recover(self) -> None:
+        if self.state_path.exists():
+            self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
+        metrics = _read_lines(self.metrics_path)
+        committed = self.state["metrics_lines"]
+        pending = []
+        for line in _read_lines(self.spool_path):
+            item = json.loads(line)
+            seq = item["body"].get("seq") if item["path"] == "telemetry" else None
+            if seq is None or seq < self.state["next_seq"]:
+                pending.append(item)
+            elif seq == self.state["next_seq"] and len(metrics) >= committed + _count(item["body"]):
+                # Written to both files, killed before the commit: complete it.
+                committed += _count(item["body"])
+                self.state["next_seq"] = seq + 1
+                pending.append(item)
+        self.state["metrics_lines"] = committed
+        self.pending = pending if self.use_spool else []
+        metrics = metrics[:committed]
+        _atomic_write(self.metrics_path, "".join(line + "\n" for line in metrics))
+        self._rewrite_spool()
+        self._write_state()
+        for line in metrics:
+            record = json.loads(line)
+            for key in stream_keys(record):
+                self.replay_until[key] = max(self.replay_until.get(key, -1), record["step"])
+
+    # --- writing ---
+    def already_reported(self, record: dict) -> bool:
+        """True for a record a resumed run regenerates (its stream had reached its step)."""
+        return all(self.replay_until.get(key, -1) >= record["step"] for key in stream_keys(record))
+
+    def commit(self, records: Iterable[dict]) -> dict | None:
+        """Write a batch of new records; returns the batch body (None if all were old)."""
+        fresh = [r for r in records if r.get("force") or not self.already_reported(r)]
+        if not fresh:
+            return None
+        body: dict[str, Any] = {"seq": self.state["next_seq"]}
+        lines = []
+        for record in fresh:
+            record.pop("force", None)
+            lines.append(json.dumps(record, allow_nan=False) + "\n")
+            item = {k: v for k, v in record.items() if k != "type"}
+            body.setdefault(BATCH_KEYS[record["type"]], []).append(item)
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.writelines(lines)
+        if self.use_spool:
+            self.spool({"path": "telemetry", "body": body})
+        self.state["next_seq"] += 1
+        self.state["metrics_lines"] += len(lines)
+        self._write_state()
+        return body
+
+    def spool(self, item: dict) -> None:
+        """Queue a request for the API (kept on disk until acknowledged)."""
+        with self.spool_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(item) + "\n")
+        self.pending.append(item)
+
+    def acknowledge(self) -> None:
+        """The oldest pending request reached the API."""
+        self.pending.pop(0)
+        self._rewrite_spool()
+
+    def set_run_id(self, run_id: int) -> None:
+        self.state["run_id"] = run_id
+        self._write_state()
+
+    @property
+    def run_id(self) -> int | None:
+        return self.state["run_id"]
+
+    def _rewrite_spool(self) -> None:
+        _atomic_write(self.spool_path, "".join(json.dumps(i) + "\n" for i in self.pending))
+
+    def _write_state(self) -> None:
+        _atomic_write(self.state_path, json.dumps(self.state))
+
+
+def _count(body: dict) -> int:
+    return sum(len(body.get(key, [])) for key in BATCH_KEYS.values())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every record in ``metrics.jsonl`` (complete lines)."""
+    return [json.loads(line) for line in _read_lines(Path(run_dir) / METRICS_FILE)]

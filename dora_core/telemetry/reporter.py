@@ -1,0 +1,230 @@
+"""The telemetry reporter: the training loop hands it records, a thread ships them.
+
+The loop's calls only build a small dict and put it on a queue, so a slow or
+absent API never slows a training step. The thread gathers what arrived in
+the last ``flush_interval`` seconds into one batch, journals it (see
+``journal.py``) and posts the journal's pending requests in order, moving on
+only after a 2xx. While the API is unreachable, batches wait in
+``telemetry-spool.jsonl`` and go out, in order, when it answers again (also
+after a restart: a resumed run replays the spool first). Every batch carries
+its ``seq``, so a retry of a batch the API already stored is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dora_core.telemetry.client import ApiClient, ApiRejected, ApiUnavailable
+from dora_core.telemetry.journal import Journal
+
+log = logging.getLogger("dora.telemetry")
+
+_CLOSE = object()
+
+
+class Reporter:
+    """Collects scores, budget, scalars and events; journals them; streams them to the API.
+
+    With ``api_url=None`` the reporter only writes ``metrics.jsonl``.
+    ``run_id=None`` with an API means "create a run first" (``POST /api/runs``
+    with ``run_name`` and ``config``); the id is kept in the journal so a
+    resumed run reports into the same run.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        api_url: str | None = None,
+        *,
+        run_id: int | None = None,
+        token: str | None = None,
+        run_name: str = "run",
+        config: dict | None = None,
+        flush_interval: float = 0.5,
+        max_batch_records: int = 200,
+        max_backoff: float = 5.0,
+    ):
+        self.api_url = api_url
+        self.journal = Journal(run_dir, spool=api_url is not None)
+        if run_id is not None and self.journal.run_id != run_id:
+            self.journal.set_run_id(run_id)
+        self._client = ApiClient(api_url, token) if api_url else None
+        self._run_name = run_name
+        self._config = config or {}
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch_records
+        self._max_backoff = max_backoff
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._deadline = math.inf
+        self._idle = threading.Event()
+        self._stopped = False  # the API refused us for good (auth, unknown run)
+        self.sent_batches = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="dora-telemetry", daemon=True)
+        self._thread.start()
+
+    # --- called from the training loop: cheap, never blocking ---
+    def register(self, body: dict) -> None:
+        """Module list + totals (``POST /api/runs/{id}/register``), sent before any batch."""
+        self._queue.put(("register", body))
+
+    def scores(
+        self, step: int, values: dict[str, list[float]], masks: dict[str, list[int]]
+    ) -> None:
+        self._put({"type": "scores", "step": step, "values": values, "masks": masks})
+
+    def budget(self, step: int, target: int, live: int, b: float) -> None:
+        self._put({"type": "budget", "step": step, "target": target, "live": live, "b": b})
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+        if values:
+            self._put({"type": "scalars", "step": step, "values": values})
+
+    def event(
+        self,
+        step: int,
+        kind: str,
+        message: str = "",
+        data: dict | None = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        """``force``: report even when a resumed run is replaying steps already reported."""
+        record = {"type": "event", "step": step, "kind": kind, "message": message, "data": data}
+        if force:
+            record["force"] = True
+        self._put(record)
+
+    def _put(self, record: dict) -> None:
+        self._queue.put(("record", record))
+
+    # --- shutting down ---
+    def close(self, timeout: float = 15.0) -> bool:
+        """Flush everything; wait up to ``timeout`` s for the API. True if nothing is left over."""
+        self._deadline = time.monotonic() + timeout
+        self._queue.put((_CLOSE, None))
+        self._thread.join(timeout + 5)
+        if self._client is not None:
+            self._client.close()
+        return not self.journal.pending
+
+    @property
+    def caught_up(self) -> bool:
+        return not self.journal.pending
+
+    # --- the background thread ---
+    def _run(self) -> None:
+        backoff = 0.0
+        retry_at = 0.0
+        closing = False
+        while True:
+            records, closing = self._drain(closing)
+            if records:
+                self._commit(records)
+            if self._client is not None and not self._stopped and time.monotonic() >= retry_at:
+                if self._send_pending():
+                    backoff = 0.0
+                else:
+                    backoff = min(self._max_backoff, max(0.25, backoff * 2))
+                    retry_at = time.monotonic() + backoff
+            done = not self.journal.pending or self._client is None or self._stopped
+            if closing and (done or time.monotonic() >= self._deadline):
+                return
+            if closing and backoff:
+                time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
+
+    def _drain(self, closing: bool) -> tuple[list[dict], bool]:
+        """Records that arrived within one flush interval (registrations go straight to the spool)."""
+        records: list[dict] = []
+        end = time.monotonic() + (0 if closing else self._flush_interval)
+        while len(records) < self._max_batch:
+            timeout = end - time.monotonic()
+            try:
+                kind, payload = (
+                    self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if kind is _CLOSE:
+                closing = True
+                end = 0.0
+            elif kind == "register":
+                if records:  # keep the order: earlier records go into an earlier batch
+                    self._commit(records)
+                    records = []
+                if self._client is not None:
+                    self.journal.spool({"path": "register", "body": payload})
+            else:
+                records.append(payload)
+        return records, closing
+
+    def _commit(self, records: list[dict]) -> None:
+        try:
+            self.journal.commit(records)
+        except (OSError, ValueError) as exc:  # disk full, a NaN that slipped through
+            self.last_error = f"could not journal telemetry: {exc}"
+            log.error(self.last_error)
+
+    def _send_pending(self) -> bool:
+        """Post pending requests in order; False when the API is unreachable."""
+        assert self._client is not None
+        try:
+            if self.journal.run_id is None:
+                self.journal.set_run_id(self._client.create_run(self._run_name, self._config))
+            while self.journal.pending:
+                item = self.journal.pending[0]
+                run_id = self.journal.run_id
+                if item["path"] == "register":
+                    self._client.register(run_id, item["body"])
+                else:
+                    self._client.post_telemetry(run_id, item["body"])
+                    self.sent_batches += 1
+                self.journal.acknowledge()
+        except ApiUnavailable as exc:
+            if self.last_error != str(exc):
+                log.warning(
+                    "telemetry API unreachable (%s); spooling to %s", exc, self.journal.spool_path
+                )
+            self.last_error = str(exc)
+            return False
+        except ApiRejected as exc:
+            return self._rejected(exc)
+        return True
+
+    def _rejected(self, exc: ApiRejected) -> bool:
+        self.last_error = str(exc)
+        if exc.status in (401, 403, 404):
+            # Wrong token or unknown run: nothing will get through; keep the spool for later.
+            log.error(
+                "telemetry API refused this run (%s); reporting stops, the spool is kept", exc
+            )
+            self._stopped = True
+            return True
+        # A request the API will never accept (422, 409): skip it rather than block the stream.
+        item = self.journal.pending[0]
+        log.error("telemetry API rejected a %s request (%s); skipping it", item["path"], exc)
+        self.journal.acknowledge()
+        return True
+
+
+class NullReporter:
+    """Stands in on ranks other than 0 and wherever reporting is not wanted."""
+
+    caught_up = True
+
+    def register(self, body: dict) -> None: ...
+    def scores(self, *args: Any, **kwargs: Any) -> None: ...
+    def budget(self, *args: Any, **kwargs: Any) -> None: ...
+    def scalars(self, *args: Any, **kwargs: Any) -> None: ...
+    def event(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def close(self, timeout: float = 0.0) -> bool:
+        return True
