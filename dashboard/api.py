@@ -9,8 +9,6 @@ imports ``backend``: it may run on another machine.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -228,14 +226,12 @@ class ApiClient:
     def job_log(self, run_id: int, tail: int = 200) -> list[str]:
         return self._request("GET", f"/jobs/{run_id}/log", params={"tail": tail})["lines"]
 
-    @contextmanager
-    def adapter_zip(self, run_id: int) -> Iterator[httpx.Response]:
-        """Stream the exported adapter; the caller iterates ``resp.iter_bytes()``."""
+    def adapter_zip(self, run_id: int) -> bytes:
+        """The exported PEFT adapter as a zip (small: megabytes, read whole)."""
         try:
-            with self._http.stream("GET", f"/api/runs/{run_id}/adapter.zip") as resp:
-                if not resp.is_success:
-                    resp.read()
-                    raise error_from_response(resp)
-                yield resp
+            resp = self._http.get(f"/api/runs/{run_id}/adapter.zip")
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the API at {self.base_url} ({exc})") from None
+        if not resp.is_success:
+            raise error_from_response(resp)
+        return resp.content

@@ -1,22 +1,118 @@
-"""Dash application shell: `python -m dashboard.app`."""
+"""Dash application shell: `python -m dashboard.app`.
+
+Only the frame lives here: the top bar, the URL router and the wiring of the
+pages (``dashboard/pages``), which own their layouts and callbacks. Every
+URL is bookmarkable: ``/``, ``/runs/<id>``, ``/compare?runs=1,2``.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
-from dash import Dash, html
+from dash import Dash, Input, Output, dcc, html
+
+from dashboard import components as ui
+from dashboard.api import ApiClient, ApiError
+from dashboard.pages import compare, run, runs
+
+HEALTH_MS = 10_000
+_RUN_PATH = re.compile(r"^/runs/(\d+)/?$")
 
 
-def create_app(api_url: str | None = None) -> Dash:
-    api_url = api_url or os.environ.get("DORA_API_URL", "http://127.0.0.1:8000")
-    app = Dash(__name__, title="DoRA dashboard")
+def route(client: ApiClient, pathname: str | None, search: str | None) -> tuple[Any, str]:
+    """(page content, document title) for a URL."""
+    path = pathname or "/"
+    if path in ("/", "/runs", "/runs/"):
+        return runs.layout(client, new_job="new=1" in (search or "")), "Runs · DoRA"
+    match = _RUN_PATH.match(path)
+    if match:
+        return run.layout(client, int(match.group(1))), f"Run {match.group(1)} · DoRA"
+    if path.rstrip("/") == "/compare":
+        return compare.layout(client, search), "Compare · DoRA"
+    return (
+        ui.empty_state(
+            f"No page at {path}.",
+            "The dashboard has Runs, a page per run and Compare.",
+            dcc.Link("Go to all runs", href="/"),
+        ),
+        "Not found · DoRA",
+    )
+
+
+def api_status(client: ApiClient) -> html.Span:
+    """The top bar's indicator: is the API answering."""
+    try:
+        client.health()
+    except ApiError as err:
+        return html.Span("API unreachable", className="api-status api-down", title=err.message)
+    return html.Span("API connected", className="api-status api-up", title=client.base_url)
+
+
+def create_app(api_url: str | None = None, client: ApiClient | None = None) -> Dash:
+    client = client or ApiClient(api_url)
+    app = Dash(
+        __name__,
+        title="DoRA dashboard",
+        update_title=None,
+        suppress_callback_exceptions=True,  # page components appear after routing
+    )
     app.layout = html.Div(
         [
-            html.H1("DoRA dashboard"),
-            html.P(f"API: {api_url}"),
-            html.P("Pages arrive with the dashboard issue."),
+            dcc.Location(id="url", refresh="callback-nav"),
+            html.Header(
+                [
+                    dcc.Link(
+                        [html.Span("DoRA", className="brand-mark"), " dashboard"],
+                        href="/",
+                        className="brand",
+                    ),
+                    html.Nav(
+                        [
+                            dcc.Link("Runs", href="/", className="nav-link"),
+                            dcc.Link("New job", href="/?new=1", className="nav-link"),
+                            dcc.Link("Compare", href="/compare", className="nav-link"),
+                        ]
+                    ),
+                    html.Div(id="api-status", className="api-status-wrap"),
+                    dcc.Interval(id="api-health-tick", interval=HEALTH_MS),
+                ],
+                className="topbar",
+            ),
+            dcc.Loading(
+                html.Main(id="page", className="page"),
+                type="dot",
+                delay_show=400,
+                target_components={"page": "children"},
+                overlay_style={"visibility": "visible", "opacity": 0.6},
+            ),
+            html.Div(id="doc-title", style={"display": "none"}),
         ]
     )
+
+    @app.callback(
+        Output("page", "children"),
+        Output("doc-title", "children"),
+        Input("url", "pathname"),
+        Input("url", "search"),
+    )
+    def _route(pathname, search):
+        return route(client, pathname, search)
+
+    @app.callback(Output("api-status", "children"), Input("api-health-tick", "n_intervals"))
+    def _health(_n):
+        return api_status(client)
+
+    app.clientside_callback(
+        "function(title) { if (title) { document.title = title; } return ''; }",
+        Output("doc-title", "title"),
+        Input("doc-title", "children"),
+    )
+
+    runs.register(app, client)
+    run.register(app, client)
+    compare.register(app, client)
     return app
 
 

@@ -1,0 +1,360 @@
+"""The "New job" form on the Runs page: presets and schema from the API, 422s inline.
+
+Defaults, descriptions, types and choices come from ``GET /api/jobs/schema``
+(the worker's own JobConfig), so the form cannot drift from what the worker
+accepts. The form does no validation of its own beyond reading numbers: the
+API's 422 answer names the field, and its message is shown next to it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from dashboard import components as ui
+from dashboard.api import ApiClient, ApiError
+
+# Form-only fields: a local folder/file instead of a preset (sent as model/dataset).
+PATH_FIELDS = {"model_path": "model", "dataset_path": "dataset"}
+
+SECTIONS: list[tuple[str, list[str]]] = [
+    (
+        "basic",
+        [
+            "name",
+            "model",
+            "dataset",
+            "method",
+            "target_rank",
+            "init_rank",
+            "epochs",
+            "max_steps",
+            "lr",
+            "batch_size",
+            "seed",
+        ],
+    ),
+    (
+        "DoRA knobs",
+        [
+            "alpha",
+            "dropout",
+            "beta",
+            "warmup_frac",
+            "final_frac",
+            "prune_interval",
+            "dem_weight",
+            "dem_after_freeze",
+        ],
+    ),
+    (
+        "Data",
+        [
+            "max_train_samples",
+            "max_dev_samples",
+            "max_length",
+            "dev_fraction",
+            "model_path",
+            "dataset_path",
+            "text_column",
+            "label_column",
+        ],
+    ),
+    (
+        "Training",
+        [
+            "grad_accum",
+            "weight_decay",
+            "warmup_ratio",
+            "lr_scheduler",
+            "grad_clip",
+            "eval_every",
+            "checkpoint_every",
+            "report_every",
+            "target_modules",
+            "device",
+        ],
+    ),
+]
+FIELDS = [f for _, fields in SECTIONS for f in fields]
+ADVANCED = {f for name, fields in SECTIONS if name != "basic" for f in fields}
+
+LABELS = {
+    "name": "Run name",
+    "model": "Model",
+    "dataset": "Dataset",
+    "method": "Method",
+    "target_rank": "Budget b(T)",
+    "init_rank": "Start rank r'",
+    "epochs": "Epochs",
+    "max_steps": "Steps (overrides epochs)",
+    "lr": "Learning rate",
+    "batch_size": "Batch size",
+    "seed": "Seed",
+    "alpha": "alpha",
+    "dropout": "Dropout",
+    "beta": "EMA beta",
+    "warmup_frac": "Warm-up share t_i/T",
+    "final_frac": "Final share t_f/T",
+    "prune_interval": "Prune interval",
+    "dem_weight": "DEM weight eta",
+    "dem_after_freeze": "Keep DEM after freeze",
+    "model_path": "Local model folder",
+    "dataset_path": "Local dataset file",
+    "max_train_samples": "Max train samples",
+    "max_dev_samples": "Max dev samples",
+    "max_length": "Max tokens",
+    "dev_fraction": "Dev fraction",
+    "text_column": "Text column",
+    "label_column": "Label column",
+    "grad_accum": "Gradient accumulation",
+    "weight_decay": "Weight decay",
+    "warmup_ratio": "LR warm-up ratio",
+    "lr_scheduler": "LR schedule",
+    "grad_clip": "Gradient clip",
+    "eval_every": "Eval every (steps)",
+    "checkpoint_every": "Checkpoint every (steps)",
+    "report_every": "Report scores every (steps)",
+    "target_modules": "Target modules",
+    "device": "Device",
+}
+PLACEHOLDERS = {
+    "name": "auto: method-model-dataset",
+    "init_rank": "auto: ceil(1.5 × b(T))",
+    "max_steps": "from epochs",
+    "model_path": "instead of the preset, e.g. /models/my-bert",
+    "dataset_path": "instead of the preset, e.g. /data/reviews.csv",
+    "target_modules": "comma-separated suffixes, default: all projections",
+}
+PATH_HELP = {
+    "model_path": "A transformers model folder on the API's machine",
+    "dataset_path": "A .csv or .jsonl file on the API's machine",
+}
+NULL_WORDS = {"none", "null", "off"}
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def schema_kind(prop: dict) -> str:
+    """'integer', 'number', 'boolean', 'array', 'enum' or 'string' for one schema property."""
+    if "enum" in prop:
+        return "enum"
+    types = [prop.get("type")] + [alt.get("type") for alt in prop.get("anyOf", [])]
+    for kind in ("integer", "number", "boolean", "array"):
+        if kind in types:
+            return kind
+    return "string"
+
+
+def _nullable(prop: dict) -> bool:
+    return any(alt.get("type") == "null" for alt in prop.get("anyOf", []))
+
+
+def _parse_number(text: str, kind: str) -> Any:
+    """'5e-4' -> 0.0005, '8' -> 8; anything unreadable is sent as typed, so the
+    API's 422 names the field and says what it expected."""
+    if kind == "integer" and _INT.match(text):
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if kind == "integer" and value.is_integer() else value
+
+
+def form_to_config(values: dict[str, Any], schema: dict) -> dict[str, Any]:
+    """Form values -> job config body. Blank fields are left out (the default applies)."""
+    props = schema.get("properties", {})
+    config: dict[str, Any] = {}
+    for field, raw in values.items():
+        target = PATH_FIELDS.get(field, field)
+        prop = props.get(target, {})
+        kind = schema_kind(prop)
+        if kind == "boolean":
+            config[target] = bool(raw)
+            continue
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        text = raw.strip() if isinstance(raw, str) else raw
+        if isinstance(text, str) and text.lower() in NULL_WORDS and _nullable(prop):
+            config[target] = None
+        elif kind == "array":
+            config[target] = [p.strip() for p in str(text).split(",") if p.strip()]
+        elif kind in ("integer", "number") and isinstance(text, str):
+            config[target] = _parse_number(text, kind)
+        else:
+            config[target] = text
+    # a path typed into the advanced section wins over the preset dropdown
+    for path_field, target in PATH_FIELDS.items():
+        if values.get(path_field) and str(values[path_field]).strip():
+            config[target] = str(values[path_field]).strip()
+    return config
+
+
+def errors_for_fields(err: ApiError) -> tuple[dict[str, str], str | None]:
+    """Split a 422 into messages shown next to form fields and one for the whole form."""
+    shown = {f: m for f, m in err.field_errors.items() if f in FIELDS}
+    for path_field, target in PATH_FIELDS.items():
+        if target in err.field_errors:
+            shown[path_field] = err.field_errors[target]
+    rest = [f"{f}: {m}" for f, m in err.field_errors.items() if f not in FIELDS]
+    if not err.field_errors:
+        return {}, err.message
+    return shown, "; ".join(rest) or None
+
+
+def _preset_options(presets: list[dict], kind: str) -> list[dict]:
+    options = []
+    for p in presets:
+        if p.get("kind") != kind:
+            continue
+        label = f"{p['name']} — {p.get('description', '')}"
+        if not p.get("available"):
+            label += " (not installed)"
+        options.append({"label": label, "value": p["name"], "disabled": not p.get("available")})
+    return options
+
+
+def _default_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
+    fid = f"job-{field}"
+    kind = schema_kind(prop)
+    default = prop.get("default")
+    if field in ("model", "dataset"):
+        return dcc.Dropdown(
+            id=fid,
+            options=_preset_options(presets, field),
+            value=default,
+            clearable=False,
+            className="form-dropdown",
+        )
+    if field == "method":
+        return dcc.RadioItems(
+            id=fid,
+            options=[{"label": ui.method_label(m), "value": m} for m in prop.get("enum", [])],
+            value=default,
+            inline=True,
+            className="radio",
+        )
+    if kind == "enum":
+        return dcc.Dropdown(
+            id=fid,
+            options=prop.get("enum", []),
+            value=default,
+            clearable=False,
+            className="form-dropdown",
+        )
+    if kind == "boolean":
+        return dcc.Checklist(
+            id=fid, options=[{"label": " on", "value": True}], value=[True] if default else []
+        )
+    basic = field not in ADVANCED
+    return dcc.Input(
+        id=fid,
+        type="text",
+        inputMode="decimal" if kind in ("integer", "number") else "text",
+        # basic fields show their default as a value; advanced ones as a hint
+        value=_default_text(default) if basic and kind != "array" else None,
+        placeholder=PLACEHOLDERS.get(field)
+        or (f"default {default}" if default is not None else "optional"),
+        className="input",
+        autoComplete="off",
+    )
+
+
+def _field(field: str, props: dict, presets: list[dict]) -> html.Div:
+    prop = props.get(PATH_FIELDS.get(field, field), {})
+    help_text = PATH_HELP.get(field) or prop.get("description", "")
+    return html.Div(
+        [
+            html.Label(LABELS.get(field, field), htmlFor=f"job-{field}", title=help_text),
+            _widget(field, prop if field not in PATH_FIELDS else {}, presets),
+            html.Div(help_text, className="help"),
+            html.Div(id=f"job-error-{field}", className="field-error", role="alert"),
+        ],
+        className="field",
+        id=f"job-field-{field}",
+    )
+
+
+def layout(client: ApiClient) -> html.Div:
+    """The form, or why it cannot be shown (API down, schema missing)."""
+    try:
+        schema = client.job_schema()
+        presets = client.presets()
+    except ApiError as err:
+        return ui.card("New job", ui.api_error_state(err), class_name="form-card")
+    props = schema.get("properties", {})
+    basic = [_field(f, props, presets) for f in SECTIONS[0][1]]
+    advanced = [
+        html.Div(
+            [
+                html.H4(title),
+                html.Div([_field(f, props, presets) for f in fields], className="grid-form"),
+            ],
+            className="form-section",
+        )
+        for title, fields in SECTIONS[1:]
+    ]
+    return ui.card(
+        "New job",
+        html.Div(basic, className="grid-form"),
+        html.Details(
+            [html.Summary("Advanced: DoRA knobs, data, training"), *advanced],
+            id="job-advanced",
+            className="advanced",
+        ),
+        html.Div(id="job-error-form", className="form-error", role="alert"),
+        html.Div(
+            [
+                html.Button("Start job", id="job-submit", className="btn btn-primary"),
+                html.Span("Blank fields take the default shown.", className="muted small"),
+            ],
+            className="form-actions",
+        ),
+        dcc.Store(id="job-schema", data=schema),
+        class_name="form-card",
+    )
+
+
+def submit(
+    client: ApiClient, schema: dict, values: dict[str, Any]
+) -> tuple[str | None, dict[str, str], str | None]:
+    """Post the job: (path of the new run's page, field errors, form error)."""
+    try:
+        answer = client.submit_job(form_to_config(values, schema))
+    except ApiError as err:
+        fields, general = errors_for_fields(err)
+        return None, fields, general
+    run_id = answer.get("run_id") or (answer.get("run") or {}).get("id")
+    return f"/runs/{run_id}", {}, None
+
+
+def register(app: Dash, client: ApiClient) -> None:
+    @app.callback(
+        Output("url", "pathname", allow_duplicate=True),
+        Output("job-error-form", "children"),
+        Output("job-advanced", "open"),
+        *[Output(f"job-error-{f}", "children") for f in FIELDS],
+        Input("job-submit", "n_clicks"),
+        State("job-schema", "data"),
+        *[State(f"job-{f}", "value") for f in FIELDS],
+        prevent_initial_call=True,
+        running=[(Output("job-submit", "disabled"), True, False)],
+    )
+    def _submit(_n, schema, *values):
+        path, field_errors, general = submit(
+            client, schema or {}, dict(zip(FIELDS, values, strict=True))
+        )
+        errors = [field_errors.get(f) for f in FIELDS]
+        open_advanced = any(f in ADVANCED for f in field_errors) or no_update
+        return (
+            path or no_update,
+            ui.error_state(general) if general else None,
+            open_advanced,
+            *errors,
+        )

@@ -1,0 +1,289 @@
+"""The pages' pure parts: table filtering/sorting, the job form, compare, run page pieces."""
+
+from __future__ import annotations
+
+import pytest
+from dash import html, no_update
+
+from dashboard.api import ApiError
+from dashboard.pages import compare, jobform, run, runs
+
+
+def _run(rid: int, **kw) -> dict:
+    base = {
+        "id": rid,
+        "name": f"run-{rid}",
+        "status": "completed",
+        "method": "dora",
+        "model": "minilm",
+        "dataset": "rt-snippets",
+        "step": 100,
+        "total_steps": 100,
+        "best": None,
+        "params": None,
+        "created_at": f"2025-01-0{rid}T10:00:00",
+    }
+    return {**base, **kw}
+
+
+RUNS = [
+    _run(
+        1,
+        name="baseline lora",
+        method="lora",
+        best={"key": "eval/accuracy", "value": 0.81, "step": 90},
+    ),
+    _run(
+        2,
+        name="dora b4",
+        status="running",
+        step=30,
+        best={"key": "eval/accuracy", "value": 0.84, "step": 20},
+    ),
+    _run(3, name="adalora", method="adalora", dataset="sms-spam", status="failed", step=5),
+    _run(4, name="queued one", status="queued", step=None, total_steps=None),
+]
+
+
+def _ids(rows: list[dict]) -> list[int]:
+    return [r["id"] for r in rows]
+
+
+def test_filter_by_text_status_and_method() -> None:
+    assert _ids(runs.filter_sort_runs(RUNS, query="DORA")) == [4, 2]  # method, any case
+    assert _ids(runs.filter_sort_runs(RUNS, query="lora")) == [3, 1]  # "adalora" contains it
+    assert _ids(runs.filter_sort_runs(RUNS, query="sms")) == [3]  # dataset
+    assert _ids(runs.filter_sort_runs(RUNS, statuses=["running", "queued"])) == [4, 2]
+    assert _ids(runs.filter_sort_runs(RUNS, methods=["lora", "adalora"])) == [3, 1]
+    assert _ids(runs.filter_sort_runs(RUNS, query="2")) == [2]  # a run id
+
+
+def test_sort_by_metric_and_progress_puts_missing_values_last() -> None:
+    by_best = runs.filter_sort_runs(RUNS, sort={"key": "best", "desc": True})
+    assert _ids(by_best) == [2, 1, 3, 4]
+    by_progress = runs.filter_sort_runs(RUNS, sort={"key": "progress", "desc": False})
+    assert _ids(by_progress) == [3, 2, 1, 4]  # 5/100, 30/100, 100/100, unknown total
+    assert _ids(runs.filter_sort_runs(RUNS, sort={"key": "name", "desc": False})) == [3, 1, 2, 4]
+
+
+def test_clicking_a_header_sorts_then_flips() -> None:
+    first = runs.next_sort({"key": "id", "desc": True}, "name")
+    assert first == {"key": "name", "desc": False}
+    assert runs.next_sort(first, "name") == {"key": "name", "desc": True}
+
+
+def _texts(component) -> list[str]:
+    """Every string child in a component tree, in order."""
+    if isinstance(component, str):
+        return [component]
+    children = getattr(component, "children", None)
+    if children is None:
+        return []
+    if not isinstance(children, list | tuple):
+        children = [children]
+    return [t for child in children for t in _texts(child)]
+
+
+def test_table_states_no_runs_api_down_and_no_match() -> None:
+    empty = runs.render_table({"runs": [], "error": None}, None, None, None, None, None)
+    assert "No runs yet." in _texts(empty)
+    down = runs.render_table(
+        {"runs": [], "error": "cannot reach the API at http://x", "unreachable": True},
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert "cannot reach the API at http://x" in _texts(down)
+    none = runs.render_table({"runs": RUNS, "error": None}, "zzz", None, None, None, None)
+    assert "No run matches these filters." in _texts(none)
+
+
+def test_table_shows_an_html_run_name_as_a_text_child() -> None:
+    evil = '<img src=x onerror="alert(1)">'
+    table = runs.render_table(
+        {"runs": [_run(7, name=evil)], "error": None}, None, None, None, None, None
+    )
+    assert evil in _texts(table)  # a plain string child: React renders it as text
+
+
+SCHEMA = {
+    "properties": {
+        "name": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "model": {"type": "string", "default": "minilm"},
+        "dataset": {"type": "string", "default": "rt-snippets"},
+        "method": {
+            "enum": ["dora", "lora", "adalora", "full"],
+            "type": "string",
+            "default": "dora",
+        },
+        "target_rank": {"type": "integer", "default": 8},
+        "init_rank": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+        "lr": {"type": "number", "default": 5e-4},
+        "epochs": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": 3.0},
+        "grad_clip": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": 1.0},
+        "dem_after_freeze": {"type": "boolean", "default": False},
+        "target_modules": {
+            "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]
+        },
+    }
+}
+
+
+def test_schema_kinds() -> None:
+    props = SCHEMA["properties"]
+    assert jobform.schema_kind(props["init_rank"]) == "integer"
+    assert jobform.schema_kind(props["lr"]) == "number"
+    assert jobform.schema_kind(props["method"]) == "enum"
+    assert jobform.schema_kind(props["dem_after_freeze"]) == "boolean"
+    assert jobform.schema_kind(props["target_modules"]) == "array"
+    assert jobform.schema_kind(props["name"]) == "string"
+
+
+def test_form_values_become_a_job_config() -> None:
+    values = {
+        "name": "  my run ",
+        "model": "minilm",
+        "dataset": "rt-snippets",
+        "method": "dora",
+        "target_rank": "4",
+        "init_rank": "",  # blank: the default applies, so it is left out
+        "lr": "1e-3",
+        "epochs": "1.5",
+        "grad_clip": "off",  # nullable: explicit null
+        "dem_after_freeze": [True],
+        "target_modules": "query, value,",
+        "model_path": "",
+        "dataset_path": "/data/reviews.csv",
+    }
+    assert jobform.form_to_config(values, SCHEMA) == {
+        "name": "my run",
+        "model": "minilm",
+        "dataset": "/data/reviews.csv",  # a typed path wins over the preset
+        "method": "dora",
+        "target_rank": 4,
+        "lr": 0.001,
+        "epochs": 1.5,
+        "grad_clip": None,
+        "dem_after_freeze": True,
+        "target_modules": ["query", "value"],
+    }
+
+
+def test_unreadable_numbers_go_to_the_api_as_typed() -> None:
+    config = jobform.form_to_config(
+        {"target_rank": "four", "lr": "1e3", "init_rank": "6.0"}, SCHEMA
+    )
+    assert config == {"target_rank": "four", "lr": 1000.0, "init_rank": 6}
+
+
+def test_api_422_is_split_into_field_and_form_messages() -> None:
+    err = ApiError(
+        "x",
+        422,
+        {
+            "lr": "Input should be greater than 0",
+            "dataset": "no such file",
+            "bogus": "unknown field",
+        },
+    )
+    fields, general = jobform.errors_for_fields(err)
+    assert fields == {
+        "lr": "Input should be greater than 0",
+        "dataset": "no such file",
+        "dataset_path": "no such file",
+    }
+    assert general == "bogus: unknown field"
+    assert jobform.errors_for_fields(ApiError("server exploded (HTTP 500)", 500)) == (
+        {},
+        "server exploded (HTTP 500)",
+    )
+
+
+def test_compare_ids_from_the_url() -> None:
+    assert compare.parse_run_ids("?runs=3,1,3,x,,7") == ([3, 1, 7], ["x"])
+    assert compare.parse_run_ids("") == ([], [])
+    assert compare.search_for([1, 2]) == "?runs=1,2"
+
+
+def test_compare_rows_metrics_and_average_live_rank() -> None:
+    a = _run(
+        1,
+        target_rank=4,
+        init_rank=6,
+        num_modules=36,
+        budget={"step": 100, "target": 144, "live": 144},
+        params={"adapter": 110592, "head": 1538, "total": 22713216},
+        metrics={"accuracy": 0.8512, "macro_f1": 0.85},
+    )
+    b = _run(
+        2,
+        method="lora",
+        target_rank=4,
+        init_rank=None,
+        num_modules=36,
+        budget=None,
+        metrics={"accuracy": 0.83},
+    )
+    matrix_b = {"live": [[4, 4], [4, None]]}
+    header, rows = compare.compare_rows([a, b], {1: None, 2: matrix_b})
+    assert header[-2:] == ["accuracy", "macro_f1"]
+    row_a, row_b = rows
+    assert row_a[0] == "#1 run-1" and row_a[1] == "DoRA"
+    assert row_a[header.index("Avg live rank")] == "4.00"  # 144 live / 36 modules
+    assert row_a[header.index("Adapter params")] == "110.6k"
+    assert row_a[header.index("Total params")] == "22.7M"
+    assert row_b[header.index("Avg live rank")] == "4.00"  # from the matrix: (4+4+4)/3
+    assert row_b[-2:] == ["0.8300", "–"]
+
+
+def test_run_page_phase_marks_and_selection() -> None:
+    r = _run(1, total_steps=200, config={"warmup_frac": 0.1, "final_frac": 0.4})
+    assert run.phase_of(r) == pytest.approx((20.0, 120.0))
+    assert run.slider_marks(r) == {0: "0", 20: "pruning starts", 120: "mask frozen", 200: "200"}
+    assert run.phase_of({**r, "method": "lora"}) is None
+    modules = [
+        {"index": 0, "name": "l.0.q", "layer": 0, "type": "q", "shape": [4, 4], "rank": 6},
+        {"index": 1, "name": "l.1.q", "layer": 1, "type": "q", "shape": [4, 4], "rank": 6},
+        {"index": 2, "name": "pooler", "layer": None, "type": "pooler", "shape": [4, 4], "rank": 6},
+    ]
+    values = [o["value"] for o in run.module_options(modules)]
+    assert values == ["layer:0", "layer:1", "module:l.0.q", "module:l.1.q", "module:pooler"]
+    assert run.parse_selection("layer:1") == {"layer": 1}
+    assert run.parse_selection("module:l.0.q") == {"module": "l.0.q"}
+    assert run.parse_selection("layer:x") == {}
+
+
+def test_failure_box_shows_error_exit_status_and_log_as_text() -> None:
+    r = _run(
+        1, status="failed", error="<script>alert(1)</script> CUDA out of memory", exit_code=137
+    )
+    texts = _texts(run.failure_box(r, ["line 1", "Killed"]))
+    assert "<script>alert(1)</script> CUDA out of memory" in texts
+    assert "Worker exit status 137." in texts
+    assert "line 1\nKilled" in texts
+    assert run.failure_box(_run(1), []) is None
+
+
+def test_play_button_and_frames() -> None:
+    # pressing play at the live end restarts from 0; pressing again stops
+    assert run.play_toggle(False, 100, 100) == (False, "❚❚ Pause", 0)
+    assert run.play_toggle(False, 40, 100) == (False, "❚❚ Pause", no_update)
+    assert run.play_toggle(True, 40, 100) == (True, "▶ Replay", no_update)
+    assert run.play_step(0, 400) == (10, False, "❚❚ Pause")
+    assert run.play_step(395, 400) == (400, True, "▶ Replay")
+
+
+def test_summary_names_the_budget_in_average_rank() -> None:
+    r = _run(
+        1,
+        target_rank=4,
+        init_rank=6,
+        num_modules=36,
+        budget={"step": 50, "target": 180, "live": 171},
+    )
+    items = dict(run.summary_items(r))
+    assert items["b(T) / r'"] == "4 / 6"
+    assert items["live avg rank"] == "4.75"  # 171 / 36
+    assert isinstance(run.status_line(r), html.Div)
