@@ -14,7 +14,7 @@ from dash import dcc, html
 from dashboard.api import FINAL_STATUSES, ApiError
 
 METHOD_LABELS = {"dora": "DoRA", "lora": "LoRA", "adalora": "AdaLoRA", "full": "full fine-tuning"}
-GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+GRAPH_CONFIG = {"displaylogo": False}
 
 
 def card(title: str | None, *children, id: str | None = None, class_name: str = "") -> html.Div:
@@ -25,7 +25,7 @@ def card(title: str | None, *children, id: str | None = None, class_name: str = 
 
 
 def graph(id: str, figure=None, **kwargs) -> dcc.Graph:
-    """A plot area with the dashboard's config (no logo, resizes with the window)."""
+    """A plot area with the dashboard's config (no logo; height from the figure)."""
     return dcc.Graph(id=id, figure=figure or {}, config=GRAPH_CONFIG, **kwargs)
 
 

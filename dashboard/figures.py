@@ -44,7 +44,7 @@ def _base_layout(fig: go.Figure, title: str | None = None, height: int = 380) ->
     return fig
 
 
-def empty_figure(message: str, height: int = 300) -> go.Figure:
+def empty_figure(message: str, height: int = 260) -> go.Figure:
     """A blank plot area that says why it is blank (no data yet, API error...)."""
     fig = go.Figure()
     fig.add_annotation(
@@ -66,6 +66,11 @@ def empty_figure(message: str, height: int = 300) -> go.Figure:
 
 def layer_label(layer: int) -> str:
     return f"layer {layer}"
+
+
+def _has_cells(matrix: dict) -> bool:
+    """Whether a rank matrix has any reported cell (before the first scores it has none)."""
+    return any(v is not None for row in matrix.get("live") or [] for v in row)
 
 
 def _rank_max(matrix: dict) -> int:
@@ -110,7 +115,7 @@ def rank_heatmap(matrix: dict, r_max: int | None = None, title: str | None = Non
     colour scale so frames of a replay, and runs, compare; default: the
     largest r' in the matrix.
     """
-    if not matrix.get("layers") or not matrix.get("types"):
+    if not _has_cells(matrix):
         return empty_figure("No rank data yet: the run has not reported scores.")
     zmax = r_max if r_max is not None else _rank_max(matrix)
     fig = go.Figure(
@@ -163,6 +168,7 @@ def budget_figure(
     num_modules: int | None = None,
     total_steps: int | None = None,
     phase: tuple[float, float] | None = None,
+    title: str | None = None,
 ) -> go.Figure:
     """Target b(t) and the live count over steps, the pruning phase shaded.
 
@@ -208,7 +214,7 @@ def budget_figure(
     fig.update_xaxes(title="step")
     fig.update_yaxes(title=unit, rangemode="tozero")
     fig.update_layout(legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
-    return _base_layout(fig, "Budget")
+    return _base_layout(fig, title)
 
 
 # --- component importance -----------------------------------------------------
@@ -306,7 +312,7 @@ def group_scalar_keys(keys: Sequence[str]) -> dict[str, list[str]]:
 def curves_figure(
     series: dict[str, dict],
     keys: Sequence[str],
-    title: str,
+    title: str | None = None,
     y_title: str = "",
     empty_message: str = "No data yet.",
 ) -> go.Figure:
@@ -339,7 +345,7 @@ def curves_figure(
 
 def compare_rank_heatmaps(items: Sequence[tuple[str, dict]], r_max: int | None = None) -> go.Figure:
     """Final rank heatmaps of several runs side by side on one colour scale 0..r'."""
-    items = [(label, m) for label, m in items if m.get("layers") and m.get("types")]
+    items = [(label, m) for label, m in items if _has_cells(m)]
     if not items:
         return empty_figure("None of these runs has rank data.")
     zmax = r_max if r_max is not None else max(_rank_max(m) for _, m in items)
@@ -436,9 +442,9 @@ def type_totals(matrix: dict) -> dict[str, int]:
     }
 
 
-def type_totals_figure(items: Sequence[tuple[str, dict]]) -> go.Figure:
+def type_totals_figure(items: Sequence[tuple[str, dict]], title: str | None = None) -> go.Figure:
     """Grouped bars: where each run spent its budget, by module type."""
-    items = [(label, m) for label, m in items if m.get("types")]
+    items = [(label, m) for label, m in items if _has_cells(m)]
     if not items:
         return empty_figure("None of these runs has rank data.")
     types: list[str] = []
@@ -460,4 +466,4 @@ def type_totals_figure(items: Sequence[tuple[str, dict]]) -> go.Figure:
     fig.update_xaxes(tickangle=-25)
     fig.update_yaxes(title="live components (all layers)")
     fig.update_layout(legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
-    return _base_layout(fig, "Live components per module type", height=340)
+    return _base_layout(fig, title, height=340)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboard import components as ui
 from dashboard import figures
@@ -237,7 +237,11 @@ def register(app: Dash, client: ApiClient) -> None:
     @app.callback(
         Output("url", "search", allow_duplicate=True),
         Input("compare-select", "value"),
+        State("url", "search"),
         prevent_initial_call=True,
     )
-    def _select(ids):
+    def _select(ids, search):
+        # also called when the page is drawn (url is in the shell): change nothing then
+        if list(ids or []) == parse_run_ids(search)[0]:
+            return no_update
         return search_for(list(ids or []))

@@ -346,7 +346,11 @@ def register(app: Dash, client: ApiClient) -> None:
         prevent_initial_call=True,
         running=[(Output("job-submit", "disabled"), True, False)],
     )
-    def _submit(_n, schema, *values):
+    def _submit(n_clicks, schema, *values):
+        # url is in the shell's layout, so Dash calls this when the form is
+        # inserted, prevent_initial_call or not: only a real click submits
+        if not n_clicks:
+            return (no_update,) * (3 + len(FIELDS))
         path, field_errors, general = submit(
             client, schema or {}, dict(zip(FIELDS, values, strict=True))
         )

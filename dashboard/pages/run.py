@@ -23,6 +23,12 @@ PLAY_MS = 600
 MAX_SCORE_POINTS = 400
 MAX_SCALAR_POINTS = 1000
 LOG_TAIL = 15
+# (scalar group, card title, y axis, empty message): the curve cards
+SCALAR_PLOTS = (
+    ("loss", "Loss", "loss", "No loss reported yet."),
+    ("metrics", "Dev metrics", "", "No evaluation yet: metrics appear at each eval step."),
+    ("optimizer", "Optimiser", "", "No optimiser scalars yet."),
+)
 
 
 # --- pure pieces ------------------------------------------------------------
@@ -258,14 +264,11 @@ def layout(client: ApiClient, run_id: int) -> html.Div:
             ),
             html.Div(
                 [
-                    ui.card("Loss", ui.graph("run-loss", figures.empty_figure("Loading…"))),
-                    ui.card(
-                        "Dev metrics", ui.graph("run-metrics", figures.empty_figure("Loading…"))
-                    ),
+                    ui.card(title, ui.graph(f"run-{group}", figures.empty_figure("Loading…")))
+                    for group, title, *_ in SCALAR_PLOTS
                 ],
-                className="grid-2",
+                className="grid-3",
             ),
-            ui.card("Optimiser", ui.graph("run-optimizer", figures.empty_figure("Loading…"))),
             dcc.Store(id="run-state", data=run),
             dcc.Store(id="run-latest", data=latest),
             dcc.Store(id="run-budget-cursor", data=None),
@@ -358,13 +361,6 @@ def budget(client: ApiClient, run: dict, cursor: int | None) -> tuple[Any, Any]:
     if not delta["steps"]:
         return no_update, no_update
     return live.budget_patch(delta, run.get("num_modules")), delta["steps"][-1]
-
-
-SCALAR_PLOTS = (
-    ("loss", "Loss", "loss", "No loss reported yet."),
-    ("metrics", "Dev metrics", "", "No evaluation yet: metrics appear at each eval step."),
-    ("optimizer", "Learning rate and gradient norm", "", "No optimiser scalars yet."),
-)
 
 
 def scalars(client: ApiClient, run: dict, cursor: dict | None) -> tuple[Any, Any, Any, Any]:
@@ -557,9 +553,7 @@ def register(app: Dash, client: ApiClient) -> None:
         return budget(client, run, cursor)
 
     @app.callback(
-        Output("run-loss", "figure"),
-        Output("run-metrics", "figure"),
-        Output("run-optimizer", "figure"),
+        *[Output(f"run-{group}", "figure") for group, *_ in SCALAR_PLOTS],
         Output("run-scalars-cursor", "data"),
         Input("run-state", "data"),
         State("run-scalars-cursor", "data"),
@@ -596,7 +590,9 @@ def register(app: Dash, client: ApiClient) -> None:
         State("run-state", "data"),
         prevent_initial_call=True,
     )
-    def _cancel(_n, run):
+    def _cancel(n_clicks, run):
+        if not n_clicks:  # drawn, not clicked
+            return no_update, no_update
         return cancel(client, run)
 
     @app.callback(
@@ -609,7 +605,9 @@ def register(app: Dash, client: ApiClient) -> None:
         State("run-latest", "data"),
         prevent_initial_call=True,
     )
-    def _play_toggle(_n, disabled, value, latest):
+    def _play_toggle(n_clicks, disabled, value, latest):
+        if not n_clicks:
+            return no_update, no_update, no_update
         return play_toggle(not disabled, value, latest)
 
     @app.callback(

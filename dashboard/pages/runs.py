@@ -339,8 +339,8 @@ def register(app: Dash, client: ApiClient) -> None:
         State("runs-pending-delete", "data"),
         prevent_initial_call=True,
     )
-    def _delete(_n, rid):
-        if rid is None:
+    def _delete(submitted, rid):
+        if not submitted or rid is None:
             return no_update, no_update
         try:
             client.delete_run(rid)

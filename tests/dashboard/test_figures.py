@@ -55,9 +55,11 @@ def test_rank_heatmap_hover_names_module_and_counts() -> None:
 
 def test_rank_heatmap_without_data_says_so() -> None:
     empty = {"step": None, "layers": [], "types": [], "live": [], "rank": [], "modules": []}
-    fig = figures.rank_heatmap(empty)
-    assert len(fig.data) == 0
-    assert any("no rank data" in t.lower() for t in _annotation_texts(fig))
+    registered = {**MATRIX, "step": None, "live": [[None, None, None], [None, None, None]]}
+    for matrix in (empty, registered):
+        fig = figures.rank_heatmap(matrix)
+        assert len(fig.data) == 0
+        assert any("no rank data" in t.lower() for t in _annotation_texts(fig))
 
 
 def test_pruning_phase_matches_the_schedule() -> None:
