@@ -80,8 +80,10 @@ class DoraLayer(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        if self.merged or self.rank == 0:
+        if self.merged:
             return out
+        # A layer compacted to rank 0 still runs (on empty factors) so that DDP
+        # sees every parameter used and needs no find_unused_parameters.
         hidden = F.linear(self.dropout(x).to(self.dora_A.dtype), self.dora_A)
         update = F.linear(hidden * self.effective_gate(), self.dora_B)
         return out + update.to(out.dtype)
@@ -124,7 +126,14 @@ class DoraLayer(nn.Module):
     def compact_rows(self, rows: Tensor) -> None:
         """Keep only current ``rows`` (ascending positions), in place on the same Parameters."""
         for param, dim in ((self.dora_A, 0), (self.dora_B, 1), (self.dora_c, 0)):
-            param.data = param.data.index_select(dim, rows).contiguous()
+            kept = param.data.index_select(dim, rows).contiguous()
+            # Autograd caches one AccumulateGrad node per parameter, with the old
+            # shape, for as long as anything (a live loss graph, a DDP reducer)
+            # holds it. Only a dtype change makes it forget that node, so pass
+            # through another dtype before taking the new shape.
+            other = torch.float64 if kept.dtype != torch.float64 else torch.float32
+            param.data = torch.empty(0, dtype=other, device=kept.device)
+            param.data = kept
             param.grad = None
         self.gate = self.gate.index_select(0, rows)
         self.index = self.index.index_select(0, rows)

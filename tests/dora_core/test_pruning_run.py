@@ -248,3 +248,18 @@ def test_compact_before_freeze_and_unsliceable_state_are_errors():
         opt.zero_grad()
     with pytest.raises(ValueError, match="cannot slice Adafactor state"):
         tuner.step(opt)
+
+
+def test_compaction_while_the_last_loss_graph_is_still_referenced():
+    # A typical loop keeps `loss` alive across tuner.step(); its graph still
+    # holds autograd's per-parameter gradient accumulators with the old shapes.
+    model, tuner = make()
+    opt = optimizer_for(tuner)
+    for t in range(1, 25):
+        loss = model(**batch(t)).loss + tuner.regularization()
+        loss.backward()
+        opt.step()
+        info = tuner.step(opt)
+        opt.zero_grad()
+        assert info.compacted == (t == 20)
+    assert tuner.compacted and torch.isfinite(loss)
