@@ -48,7 +48,9 @@ def _batch(seq: int, steps: list[int], finish: bool) -> dict:
         for s in steps
         if s in (10, 15, 20)
     ]
-    events += [{"step": s, "kind": "eval", "message": f"accuracy {EVAL[s]}"} for s in steps if s in EVAL]
+    events += [
+        {"step": s, "kind": "eval", "message": f"accuracy {EVAL[s]}"} for s in steps if s in EVAL
+    ]
     if finish:
         events.append({"step": steps[-1], "kind": "finished", "message": "done"})
     return {
@@ -59,7 +61,10 @@ def _batch(seq: int, steps: list[int], finish: bool) -> dict:
             for s in steps
         ],
         "scalars": [
-            {"step": s, "values": {"loss": LOSS[s], **({"eval/accuracy": EVAL[s]} if s in EVAL else {})}}
+            {
+                "step": s,
+                "values": {"loss": LOSS[s], **({"eval/accuracy": EVAL[s]} if s in EVAL else {})},
+            }
             for s in steps
         ],
         "events": events,
@@ -87,7 +92,13 @@ class SimulatedRun:
             f"/api/runs/{self.id}/register",
             json={
                 "modules": [
-                    {"name": m, "layer": LAYERS[k // 2], "type": TYPES[k % 2], "shape": [32, 32], "rank": R}
+                    {
+                        "name": m,
+                        "layer": LAYERS[k // 2],
+                        "type": TYPES[k % 2],
+                        "shape": [32, 32],
+                        "rank": R,
+                    }
                     for k, m in enumerate(MODULES)
                 ],
                 "total_steps": TOTAL_STEPS,
@@ -99,7 +110,9 @@ class SimulatedRun:
         resp.raise_for_status()
 
     def post(self, steps: list[int], finish: bool = False) -> None:
-        resp = self.http.post(f"/api/runs/{self.id}/telemetry", json=_batch(self.seq, steps, finish))
+        resp = self.http.post(
+            f"/api/runs/{self.id}/telemetry", json=_batch(self.seq, steps, finish)
+        )
         resp.raise_for_status()
         self.seq += 1
 

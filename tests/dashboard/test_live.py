@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-
-from dash import Patch
-
 from dashboard import figures, live
-
-
-def apply_patch(figure: dict, patch: Patch) -> dict:
-    """Replay a Patch's operations on a figure dict, the way the browser does."""
-    out = copy.deepcopy(figure)
-    for op in patch._operations:
-        *path, last = op["location"]
-        target = out
-        for key in path:
-            target = target[key]
-        if op["operation"] == "Extend":
-            target[last].extend(op["params"]["value"])
-        elif op["operation"] == "Assign":
-            target[last] = op["params"]["value"]
-        else:  # the helpers use no other operation
-            raise AssertionError(f"unexpected patch operation {op['operation']}")
-    return out
+from tests.dashboard.helpers import apply_patch
 
 
 def test_after_cuts_strictly_after_the_cursor() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from dash import html, no_update
 
-from dashboard.api import ApiError
+from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, jobform, run, runs
+from tests.conftest import free_port
+from tests.dashboard.helpers import texts
 
 
 def _run(rid: int, **kw) -> dict:
@@ -72,21 +74,9 @@ def test_clicking_a_header_sorts_then_flips() -> None:
     assert runs.next_sort(first, "name") == {"key": "name", "desc": True}
 
 
-def _texts(component) -> list[str]:
-    """Every string child in a component tree, in order."""
-    if isinstance(component, str):
-        return [component]
-    children = getattr(component, "children", None)
-    if children is None:
-        return []
-    if not isinstance(children, list | tuple):
-        children = [children]
-    return [t for child in children for t in _texts(child)]
-
-
 def test_table_states_no_runs_api_down_and_no_match() -> None:
     empty = runs.render_table({"runs": [], "error": None}, None, None, None, None, None)
-    assert "No runs yet." in _texts(empty)
+    assert "No runs yet." in texts(empty)
     down = runs.render_table(
         {"runs": [], "error": "cannot reach the API at http://x", "unreachable": True},
         None,
@@ -95,9 +85,9 @@ def test_table_states_no_runs_api_down_and_no_match() -> None:
         None,
         None,
     )
-    assert "cannot reach the API at http://x" in _texts(down)
+    assert "cannot reach the API at http://x" in texts(down)
     none = runs.render_table({"runs": RUNS, "error": None}, "zzz", None, None, None, None)
-    assert "No run matches these filters." in _texts(none)
+    assert "No run matches these filters." in texts(none)
 
 
 def test_table_shows_an_html_run_name_as_a_text_child() -> None:
@@ -105,7 +95,7 @@ def test_table_shows_an_html_run_name_as_a_text_child() -> None:
     table = runs.render_table(
         {"runs": [_run(7, name=evil)], "error": None}, None, None, None, None, None
     )
-    assert evil in _texts(table)  # a plain string child: React renders it as text
+    assert evil in texts(table)  # a plain string child: React renders it as text
 
 
 SCHEMA = {
@@ -259,10 +249,10 @@ def test_failure_box_shows_error_exit_status_and_log_as_text() -> None:
     r = _run(
         1, status="failed", error="<script>alert(1)</script> CUDA out of memory", exit_code=137
     )
-    texts = _texts(run.failure_box(r, ["line 1", "Killed"]))
-    assert "<script>alert(1)</script> CUDA out of memory" in texts
-    assert "Worker exit status 137." in texts
-    assert "line 1\nKilled" in texts
+    shown = texts(run.failure_box(r, ["line 1", "Killed"]))
+    assert "<script>alert(1)</script> CUDA out of memory" in shown
+    assert "Worker exit status 137." in shown
+    assert "line 1\nKilled" in shown
     assert run.failure_box(_run(1), []) is None
 
 
@@ -287,3 +277,12 @@ def test_summary_names_the_budget_in_average_rank() -> None:
     assert items["b(T) / r'"] == "4 / 6"
     assert items["live avg rank"] == "4.75"  # 171 / 36
     assert isinstance(run.status_line(r), html.Div)
+
+
+def test_api_down_gives_a_message_not_a_traceback() -> None:
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")
+    data = runs._fetch(down)
+    assert data["unreachable"] and "cannot reach the API" in data["error"]
+    page = texts(run.layout(down, 1))
+    assert any("cannot reach the API" in t for t in page)
+    assert any("make run" in t for t in page)

@@ -1,0 +1,169 @@
+"""Page callbacks as plain functions against the real API, fed known telemetry.
+
+Expected numbers come from the tables in ``simulate.py`` (what the worker
+reported), worked out by hand here, never from the dashboard's own output.
+"""
+
+from __future__ import annotations
+
+import pytest
+from dash import no_update
+
+from dashboard.api import ApiClient, ApiError
+from dashboard.pages import compare, jobform, run, runs
+from tests.dashboard import simulate
+from tests.dashboard.helpers import apply_patch, graphs, texts
+from tests.dashboard.simulate import SimulatedRun
+
+pytestmark = pytest.mark.slow
+
+
+def test_runs_list_shows_a_run_and_delete_removes_it(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url, name="to be deleted")
+    data = runs._fetch(client)
+    assert data["error"] is None
+    assert "to be deleted" in texts(runs.render_table(data, None, None, None, None, None))
+    assert runs.refresh(client, data) is no_update  # nothing changed: the table is left alone
+    client.delete_run(sim.id)
+    assert sim.id not in [r["id"] for r in runs._fetch(client)["runs"]]
+    with pytest.raises(ApiError) as err:
+        client.run(sim.id)
+    assert err.value.status == 404
+
+
+def test_live_budget_scalars_and_importance_append_only_new_points(
+    api_url: str, client: ApiClient
+) -> None:
+    sim = SimulatedRun(api_url)
+    sim.post([0, 5, 10, 15])
+    state = client.run(sim.id)
+
+    budget_fig, budget_cursor = run.budget(client, state, None)
+    # live counts 36, 36, 33, 27 over L = 6 modules
+    assert budget_fig.data[1].y == pytest.approx((6.0, 6.0, 5.5, 4.5))
+    assert budget_cursor == 15
+    # pruning phase of T = 40: [0.15 T, T - 0.5 T] = [6, 20]
+    assert (budget_fig.layout.shapes[0].x0, budget_fig.layout.shapes[0].x1) == (6.0, 20.0)
+
+    loss_fig, metrics_fig, _opt, scalar_cursor = run.scalars(client, state, None)
+    assert list(loss_fig.data[0].y) == [simulate.LOSS[s] for s in (0, 5, 10, 15)]
+    assert len(metrics_fig.data) == 0  # no eval yet
+
+    imp_fig, imp_cursor = run.importance(client, state, "layer:1", None)
+    assert len(imp_fig.data[0].y) == 2 * simulate.R  # query and value of layer 1
+    assert imp_cursor == {"selection": "layer:1", "step": 15}
+
+    # nothing new yet: nothing is sent to the browser
+    assert run.budget(client, state, budget_cursor) == (no_update, no_update)
+
+    sim.post([20, 25, 30, 35, 40], finish=True)
+    state = client.run(sim.id)
+
+    patch, budget_cursor = run.budget(client, state, budget_cursor)
+    patched = apply_patch(budget_fig.to_plotly_json(), patch)
+    assert patched["data"][1]["x"] == simulate.STEPS
+    assert patched["data"][1]["y"] == pytest.approx([6, 6, 5.5, 4.5, 4, 4, 4, 4, 4])
+    assert budget_cursor == 40
+
+    # eval/accuracy is a new key: the figures are redrawn whole, with both evals
+    loss_fig, metrics_fig, _opt, scalar_cursor = run.scalars(client, state, scalar_cursor)
+    assert [t.name for t in metrics_fig.data] == ["eval/accuracy"]
+    assert list(metrics_fig.data[0].x) == [20, 40] and list(metrics_fig.data[0].y) == [0.7, 0.8]
+    assert list(loss_fig.data[0].x) == simulate.STEPS
+
+    patch, imp_cursor = run.importance(client, state, "layer:1", imp_cursor)
+    patched = apply_patch(imp_fig.to_plotly_json(), patch)
+    assert patched["data"][0]["x"] == simulate.STEPS
+    # layer 1 value is module 3: live 6, 6, 5, 3, then 2 -> component #2 is pruned from step 20
+    value_2 = patched["data"][0]["y"].index("attention.self.value #2")
+    assert patched["data"][1]["z"][value_2] == [None, None, None, None, 1, 1, 1, 1, 1]
+    # component #0 of layer 1 query is never pruned
+    assert patched["data"][1]["z"][0] == [None] * 9
+    assert imp_cursor["step"] == 40
+
+
+def test_rank_heatmap_at_a_past_step_and_the_latest(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url).complete()
+    state = client.run(sim.id)
+    fig, label = run.heatmap(client, state, step=12, latest=40)
+    # step 12 was not recorded: the nearest at or before it is 10
+    assert [list(r) for r in fig.data[0].z] == simulate.live_matrix(10)
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (0, simulate.R)
+    assert "step 10" in label and "latest is 40" in label
+    fig, label = run.heatmap(client, state, step=40, latest=40)
+    assert [list(r) for r in fig.data[0].z] == [[6, 3], [5, 2], [5, 3]]
+    assert "the latest" in label
+
+
+def test_poll_stops_once_the_finished_run_is_drawn(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url)
+    sim.post([0, 5])
+    running = client.run(sim.id)
+    assert run.poll(client, running) == (no_update, False, None)  # live, unchanged
+    sim.post([10, 15, 20, 25, 30, 35, 40], finish=True)
+    new, disabled, _ = run.poll(client, running)
+    assert new["status"] == "completed" and new["step"] == 40
+    assert disabled is False  # the last steps still have to be drawn
+    assert run.poll(client, new) == (no_update, True, None)
+
+
+def test_slider_follows_the_live_end(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url)
+    sim.post([0, 5, 10])
+    state = client.run(sim.id)
+    top, marks, value, latest = run.follow_slider(state, 10, 10)
+    assert (top, value, latest) == (40, no_update, 10)
+    assert marks == {0: "0", 6: "pruning starts", 20: "mask frozen", 40: "40"}
+    sim.post([15])
+    state = client.run(sim.id)
+    assert run.follow_slider(state, 10, 10)[2] == 15  # was at the end: moves on
+    assert run.follow_slider(state, 5, 10)[2] is no_update  # looking back: stays
+
+
+def test_job_form_shows_the_apis_422_next_to_each_field(api_url: str, client: ApiClient) -> None:
+    before = client.runs()["total"]
+    schema = client.job_schema()
+    path, fields, general = jobform.submit(
+        client,
+        schema,
+        {"method": "dora", "target_rank": "four", "lr": "-1", "model": "minilm"},
+    )
+    assert path is None and general is None
+    assert "integer" in fields["target_rank"]
+    assert "greater than 0" in fields["lr"]
+    # a cross-field rule names its field too
+    _, fields, _ = jobform.submit(client, schema, {"target_rank": "8", "init_rank": "6"})
+    assert "init_rank" in fields and "larger than target_rank" in fields["init_rank"]
+    assert client.runs()["total"] == before  # nothing was created
+
+
+def test_compare_two_runs_difference_and_table(api_url: str, client: ApiClient) -> None:
+    done = SimulatedRun(api_url, name="finished one").complete()
+    half = SimulatedRun(api_url, name='<b onmouseover="alert(1)">half</b>')
+    half.post([0, 5, 10, 15])
+    body = compare.content(client, [done.id, half.id], [])
+    shown = texts(body)
+    assert f'#{half.id} <b onmouseover="alert(1)">half</b>' in shown  # a text child
+    figs = {c.id: c.figure for c in graphs(body)}
+    diff = figs["compare-diff-0"]
+    # half (step 15) minus finished (step 40): layer x [query, value]
+    assert [list(r) for r in diff.data[0].z] == [[0, 1], [0, 1], [0, 1]]
+    heat = figs["compare-heatmaps"]
+    assert (heat.layout.coloraxis.cmin, heat.layout.coloraxis.cmax) == (0, simulate.R)
+    totals = figs["compare-totals"]
+    assert list(totals.data[0].y) == [16, 8] and list(totals.data[1].y) == [16, 11]
+
+
+def test_compare_with_a_missing_run_and_too_few_runs(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url).complete()
+    shown = texts(compare.content(client, [sim.id, 999_999], ["x"]))
+    assert any("999999" in t and "not found" in t for t in shown)
+    assert "Pick two or more runs to compare." in shown
+    assert any("x" in t for t in shown if t.startswith("Not run ids"))
+
+
+def test_download_without_an_adapter_says_why(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url)
+    resp = run.download_route(client, sim.id)
+    assert resp.status_code == 404
+    assert "adapter" in resp.get_data(as_text=True)
