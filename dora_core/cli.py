@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from dora_core import __version__
+
+TRAIN_EPILOG = """\
+The job file (YAML or JSON) holds these fields; every one is optional:
+
+{fields}
+
+Telemetry is off unless --api or DORA_API_URL names the API. The launcher
+also sets DORA_RUN_ID (report into that run) and DORA_INGEST_TOKEN.
+Exit status: 0 done, 2 bad job (one line on stderr names the field and the
+fix), 1 training failed, 143 / 130 cancelled by SIGTERM / Ctrl-C (after a
+checkpoint; continue with --resume).
+"""
+
+
+def _error(command: str, message: str, code: int = 2) -> int:
+    print(f"dora {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -26,6 +45,78 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dora_core.jobconfig import JobConfigError, load_job_config
+
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            job = load_job_config(run_dir / "job.json")
+        elif args.job:
+            job = load_job_config(args.job)
+            run_dir = Path(args.output_dir) if args.output_dir else None
+        else:
+            return _error("train", "give a job file, or --resume RUN_DIR")
+    except JobConfigError as exc:
+        return _error("train", str(exc))
+
+    from dora_core.train.loop import Telemetry, train
+
+    api = args.api or os.environ.get("DORA_API_URL") or None
+    run_id = os.environ.get("DORA_RUN_ID")
+    token = os.environ.get("DORA_INGEST_TOKEN") or os.environ.get("DORA_API_TOKEN") or None
+    telemetry = Telemetry(
+        api_url=api,
+        run_id=int(run_id) if run_id and api else None,
+        token=token,
+        report_every=args.report_every,
+    )
+    try:
+        outcome = train(
+            job,
+            run_dir=run_dir,
+            resume=bool(args.resume),
+            telemetry=telemetry,
+            progress=False if args.no_progress else None,
+        )
+    except JobConfigError as exc:
+        return _error("train", str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the traceback is in the log and in the `failed` event
+        import traceback
+
+        traceback.print_exc()
+        return _error("train", f"training failed: {type(exc).__name__}: {exc}", 1)
+    if outcome.status == "cancelled":
+        return 143
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dora_core.jobconfig import JobConfigError
+    from dora_core.train.artifacts import export_adapter
+
+    try:
+        out = export_adapter(Path(args.run_dir), Path(args.out))
+    except (JobConfigError, ValueError, FileNotFoundError) as exc:
+        return _error("export", str(exc))
+    print(f"PEFT adapter written to {out}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from dora_core.jobconfig import JobConfigError
+    from dora_core.train.artifacts import merge_model
+
+    try:
+        out = merge_model(Path(args.run_dir), Path(args.out))
+    except (JobConfigError, ValueError, FileNotFoundError) as exc:
+        return _error("merge", str(exc))
+    print(f"merged model written to {out} (load it with from_pretrained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dora",
@@ -34,6 +125,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from dora_core.jobconfig import fields_help
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a model from a job file (YAML or JSON)",
+        description="Fine-tune a model for sequence classification with dora, lora, adalora or full.",
+        epilog=TRAIN_EPILOG.format(fields=fields_help()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("job", nargs="?", help="job file (.yaml, .yml or .json)")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+    )
+    train.add_argument("--output-dir", help="run directory (overrides output_dir in the job)")
+    train.add_argument(
+        "--api", metavar="URL", help="stream telemetry to this API (default $DORA_API_URL)"
+    )
+    train.add_argument(
+        "--report-every",
+        type=int,
+        metavar="K",
+        help="send scores/scalars every K steps (pruning events always)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    export = sub.add_parser("export", help="write a run's adapter as a PEFT LoRA adapter folder")
+    export.add_argument("run_dir", help="a finished run directory")
+    export.add_argument("out", help="output folder")
+    export.set_defaults(func=_cmd_export)
+
+    merge = sub.add_parser(
+        "merge", help="write the model with the adapter merged in (loadable by from_pretrained)"
+    )
+    merge.add_argument("run_dir", help="a finished run directory")
+    merge.add_argument("out", help="output folder")
+    merge.set_defaults(func=_cmd_merge)
 
     presets = sub.add_parser(
         "presets", help="list model and dataset presets and whether they are installed"
@@ -49,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "report_every", None) is not None and args.report_every < 1:
+        return _error(args.command, "--report-every: must be at least 1")
     return int(args.func(args) or 0)
 
 

@@ -188,7 +188,36 @@ def load_dataset(job: JobConfig) -> TextDataset:
                 [("dataset", f"preset {job.dataset!r} is not installed; {preset.install_hint}")]
             )
         return _PRESET_READERS[job.dataset](path)
-    return _user_file(Path(job.dataset), job.text_column, job.label_column)
+    path = Path(job.dataset).expanduser()
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise JobConfigError(
+            [
+                (
+                    "dataset",
+                    f"{job.dataset!r} is neither a preset ({', '.join(DATASETS)}) nor a .csv/.jsonl file; use one of those",
+                )
+            ]
+        )
+    if not path.is_file():
+        raise JobConfigError(
+            [
+                (
+                    "dataset",
+                    f"file {str(path)!r} does not exist; fix the path or use a preset ({', '.join(DATASETS)})",
+                )
+            ]
+        )
+    data = _user_file(path, job.text_column, job.label_column)
+    if data.num_labels < 2:
+        raise JobConfigError(
+            [
+                (
+                    "label_column",
+                    f"column {job.label_column!r} of {path.name} has {data.num_labels} distinct value(s); classification needs at least 2",
+                )
+            ]
+        )
+    return data
 
 
 # --- the split -----------------------------------------------------------------------------

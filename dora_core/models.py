@@ -127,7 +127,9 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def load_model(source: ModelSource, num_labels: int, pad_token_id: int) -> nn.Module:
+def load_model(
+    source: ModelSource, num_labels: int, pad_token_id: int, label_names: list[str] | None = None
+) -> nn.Module:
     """A sequence-classification model with ``num_labels`` outputs (new head weights)."""
     import transformers
     from transformers import AutoModelForSequenceClassification
@@ -137,4 +139,7 @@ def load_model(source: ModelSource, num_labels: int, pad_token_id: int) -> nn.Mo
         source.location, num_labels=num_labels, **source.kwargs()
     )
     model.config.pad_token_id = pad_token_id
+    if label_names:
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
     return model

@@ -1,0 +1,98 @@
+"""`dora export` and `dora merge`: ship what a run trained.
+
+A finished run has its PEFT adapter in ``adapter/`` (and, for dora, the
+tuner's own save in ``dora/``); a cancelled or crashed run has only
+checkpoints, so both commands fall back to the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dora_core.jobconfig import JobConfig, JobConfigError, load_job_config
+from dora_core.models import load_model, load_tokenizer, resolve_model
+from dora_core.train import checkpoint
+from dora_core.train.methods import ADAPTER_DIR, DORA_DIR, MODEL_DIR, Method, build_method
+
+
+def _run(run_dir: Path) -> tuple[JobConfig, list[str]]:
+    if not (run_dir / "job.json").is_file():
+        raise JobConfigError([("", f"{run_dir} is not a run directory (no job.json)")])
+    job = load_job_config(run_dir / "job.json")
+    split = run_dir / "split.json"
+    if not split.is_file():
+        raise JobConfigError([("", f"{run_dir} has no split.json; the run never started training")])
+    return job, json.loads(split.read_text(encoding="utf-8"))["label_names"]
+
+
+def _base(job: JobConfig, labels: list[str]) -> tuple[nn.Module, Any]:
+    source = resolve_model(job.model)
+    tokenizer = load_tokenizer(source)
+    return load_model(source, len(labels), tokenizer.pad_token_id, labels), tokenizer
+
+
+def _from_checkpoint(run_dir: Path, job: JobConfig, labels: list[str]) -> tuple[Method, Any]:
+    state = checkpoint.load_latest(run_dir)
+    if state is None:
+        raise JobConfigError(
+            [("", f"{run_dir} has neither a final adapter nor a checkpoint; train it first")]
+        )
+    model, tokenizer = _base(job, labels)
+    method = build_method(model, job, int(state["total_steps"]))
+    method.load_state_dict(state["method"])
+    return method, tokenizer
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "result.json").is_file()
+
+
+def export_adapter(run_dir: Path, out: Path) -> Path:
+    """The run's PEFT adapter folder at ``out`` (``PeftModel.from_pretrained(base, out)``)."""
+    job, labels = _run(run_dir)
+    if job.method == "full":
+        raise JobConfigError(
+            [("method", "a full fine-tune has no adapter; use `dora merge` for the whole model")]
+        )
+    if _finished(run_dir) and (run_dir / ADAPTER_DIR).is_dir():
+        shutil.copytree(run_dir / ADAPTER_DIR, out, dirs_exist_ok=True)
+        return out
+    method, tokenizer = _from_checkpoint(run_dir, job, labels)
+    if job.method == "dora":
+        method.tuner.export_peft(out)
+    else:
+        method.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def merge_model(run_dir: Path, out: Path) -> Path:
+    """A plain transformers model folder with the update folded into the weights."""
+    job, labels = _run(run_dir)
+    if _finished(run_dir):
+        if job.method == "full":
+            shutil.copytree(run_dir / MODEL_DIR, out, dirs_exist_ok=True)
+            return out
+        model, tokenizer = _base(job, labels)
+        if job.method == "dora":
+            from dora_core.config import DoraConfig
+            from dora_core.tuner import inject
+
+            tuner = inject(model, DoraConfig.load(run_dir / DORA_DIR)).load(run_dir / DORA_DIR)
+            tuner.merge()
+            merged = model
+        else:
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR).merge_and_unload()
+    else:
+        method, tokenizer = _from_checkpoint(run_dir, job, labels)
+        merged = method.merged()
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,490 @@
+"""The training worker: one job config in, a trained adapter and a telemetry stream out.
+
+A plain PyTorch loop (tqdm bar, periodic dev evaluation, checkpoints) that
+drives any of the four methods through ``methods.Method``. Exactness of
+``--resume`` rests on three things: the data order is a pure function of
+(seed, epoch, micro-batch index); every RNG is saved in the checkpoint; the
+method state (tuner EMA/masks/step, AdaLoRA allocator) is saved with the
+weights. The order of operations in one optimizer step is fixed:
+
+    micro-batches (forward, loss + regulariser, backward) -> clip -> optimizer.step()
+    -> scheduler.step() -> method.step() -> zero_grad -> telemetry -> eval -> checkpoint
+
+SIGTERM (and Ctrl-C) mean cancel: finish the step, checkpoint, report
+``cancelled``, exit. An exception reports ``failed`` with the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dora_core.data import BatchPlan, Encoded, collate, encode
+from dora_core.jobconfig import JobConfig, JobConfigError
+from dora_core.models import load_model, load_tokenizer
+from dora_core.telemetry import NullReporter, Reporter
+from dora_core.train import checkpoint, ddp
+from dora_core.train.evaluation import evaluate
+from dora_core.train.methods import Method, build_method
+from dora_core.train.preflight import Plan, default_run_dir, prepare
+from dora_core.train.reporting import report_event, report_state
+
+log = logging.getLogger("dora.train")
+
+JOB_FILE = "job.json"
+SPLIT_FILE = "split.json"
+RESULT_FILE = "result.json"
+LOG_FILE = "log.txt"
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class Telemetry:
+    """Where the worker reports: off, or an API URL (+ the launcher's run id and token)."""
+
+    api_url: str | None = None
+    run_id: int | None = None
+    token: str | None = None
+    report_every: int | None = None  # overrides the job's report_every
+
+
+@dataclass
+class Outcome:
+    status: str  # "completed" / "cancelled"
+    run_dir: Path
+    result: dict = field(default_factory=dict)
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGINT; the loop checks it between optimizer steps."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def pick_device(job: JobConfig) -> torch.device:
+    if job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", ddp.local_rank())
+
+
+def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
+    logger = logging.getLogger("dora")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "_dora_console", False) for h in logger.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._dora_console = True  # type: ignore[attr-defined]
+        logger.addHandler(console)
+    if run_dir is None:
+        return None
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return handler
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _shared_run_dir(job: JobConfig, run_dir: Path | None) -> Path:
+    """Every rank must use rank 0's directory (the default one carries a timestamp)."""
+    chosen = [str(run_dir or job.output_dir or default_run_dir(job))]
+    if ddp.active():
+        torch.distributed.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0])
+
+
+class Worker:
+    """One training run: built from a Plan, driven by ``run()``."""
+
+    def __init__(
+        self, plan: Plan, device: torch.device, reporter: Reporter | NullReporter, report_every: int
+    ):
+        self.plan = plan
+        self.job = plan.job
+        self.device = device
+        self.reporter = reporter
+        self.report_every = report_every
+        self.main = ddp.is_main()
+        self.step = 0
+        self.best: dict | None = None
+        self.last_eval: dict[str, float] | None = None
+        self.started = time.monotonic()
+
+        job = self.job
+        self.tokenizer = load_tokenizer(plan.source)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.train_data: Encoded = encode(plan.split.train, self.tokenizer, job.max_length)
+        self.dev_data: Encoded = encode(plan.split.dev, self.tokenizer, job.max_length)
+        torch.manual_seed(job.seed)  # the head and the adapters start from the seed
+        labels = plan.split.train.label_names
+        model = load_model(plan.source, plan.num_labels, self.pad_id, labels)
+        self.method: Method = build_method(model, job, plan.total_steps)
+        self.method.model.to(device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.wrapped: nn.Module = self.method.model
+
+    # --- set-up -------------------------------------------------------------------------
+    def _build_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        job, total = self.job, self.plan.total_steps
+        self.optimizer = torch.optim.AdamW(
+            self.method.parameters(), lr=job.lr, weight_decay=job.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            SCHEDULERS[job.lr_scheduler],
+            self.optimizer,
+            num_warmup_steps=round(job.warmup_ratio * total),
+            num_training_steps=total,
+        )
+
+    def restore(self, state: dict | None) -> None:
+        """Load a checkpoint (or start fresh): method first, then optimizer, scheduler, RNG."""
+        if state is not None:
+            self.method.load_state_dict(state["method"])
+        self._build_optimizer()
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            self.best = state.get("best")
+            self.last_eval = state.get("last_eval")
+            checkpoint.set_rng_state(state["rng"])
+        self._wrap()
+
+    def _wrap(self) -> None:
+        if ddp.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.method.model, device_ids=ids)
+
+    def _rewrap(self) -> None:
+        """After compaction: DDP's gradient buckets cannot follow the new shapes."""
+        if ddp.active():
+            del self.wrapped
+            gc.collect()
+            self._wrap()
+
+    # --- one optimizer step -------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[int, list[int]]]:
+        plan = BatchPlan(
+            len(self.train_data), self.job.batch_size, self.job.seed, ddp.world_size(), ddp.rank()
+        )
+        return plan.batches(start=self.step * self.job.grad_accum)
+
+    def _train_step(self, batches: Iterator[tuple[int, list[int]]]) -> dict[str, float]:
+        job = self.job
+        totals = {"loss": 0.0, "task_loss": 0.0, "dem": 0.0}
+        self.wrapped.train()
+        for k in range(job.grad_accum):
+            _, indices = next(batches)
+            batch = {
+                key: value.to(self.device)
+                for key, value in collate(self.train_data, indices, self.pad_id).items()
+            }
+            last = k == job.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not ddp.active() else self.wrapped.no_sync()
+            with sync:
+                out = self.wrapped(**batch)
+                task = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
+                reg = self.method.regularization()
+                loss = out.loss + reg if reg is not None else out.loss
+                (loss / job.grad_accum).backward()
+            totals["loss"] += loss.item() / job.grad_accum
+            totals["task_loss"] += task.item() / job.grad_accum
+            totals["dem"] += (reg.item() if reg is not None else 0.0) / job.grad_accum
+        params = [p for p in self.method.parameters() if p.grad is not None]
+        limit = job.grad_clip if job.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        result = self.method.step(self.step, self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        if result.compacted:
+            self._rewrap()
+        totals.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+        if self.method.name != "dora":
+            del totals["dem"]
+        totals["event"] = result.event  # type: ignore[assignment]
+        return totals
+
+    # --- reporting ------------------------------------------------------------------------
+    def register(self) -> None:
+        self.reporter.register(self.method.register_body(self.plan.total_steps, self.job))
+
+    def report_state(self, step: int, force_scores: bool = False) -> None:
+        if self.main:
+            report_state(self.reporter, self.method, step, force_scores)
+
+    def _report_step(self, scalars: dict) -> None:
+        step, event = self.step, scalars.pop("event")
+        due = step % self.report_every == 0 or step == self.plan.total_steps
+        if due:
+            self.reporter.scalars(step, scalars)
+        if event is not None or due:
+            self.report_state(step, force_scores=event is not None or step == self.plan.total_steps)
+        if event is not None and self.main:
+            report_event(self.reporter, self.method, step, event)
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = evaluate(
+            self.method.model,
+            self.dev_data,
+            self.plan.num_labels,
+            self.pad_id,
+            self.job.batch_size * 2,
+            self.device,
+        )
+        self.last_eval = metrics
+        if self.best is None or metrics["accuracy"] > self.best["value"]:
+            self.best = {"key": "eval/accuracy", "value": metrics["accuracy"], "step": self.step}
+        self.reporter.scalars(self.step, {f"eval/{k}": v for k, v in metrics.items()})
+        summary = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}"
+        self.reporter.event(self.step, "eval", summary, metrics)
+        if self.main:
+            log.info("step %d/%d: dev %s", self.step, self.plan.total_steps, summary)
+        return metrics
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.main:
+            payload = {
+                "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "position": {"micro_batches": self.step * self.job.grad_accum},
+                "total_steps": self.plan.total_steps,
+                "best": self.best,
+                "last_eval": self.last_eval,
+            }
+            path = checkpoint.save(self.plan.run_dir, self.step, payload)
+            self.reporter.event(self.step, "checkpoint", f"saved {path.name}", {"path": str(path)})
+        ddp.barrier()
+        return path
+
+    # --- the run ---------------------------------------------------------------------------
+    def run(self, stop: _StopFlag, progress: bool) -> Outcome:
+        plan, total = self.plan, self.plan.total_steps
+        batches = self._batches()
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=f"{self.job.method} {Path(self.job.model).name}",
+            unit="step",
+            disable=not (progress and self.main),
+            dynamic_ncols=True,
+        )
+        last_checkpoint = self.step
+        with bar:
+            while self.step < total:
+                scalars = self._train_step(batches)
+                self._report_step(scalars)
+                if self.step % plan.eval_every == 0 or self.step == total:
+                    self._evaluate()
+                if self.step % plan.checkpoint_every == 0 and self.step < total:
+                    self.save_checkpoint()
+                    last_checkpoint = self.step
+                budget = self.method.budget(self.step)
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.3f}",
+                    **({"live": budget["live"]} if budget else {}),
+                    **({"acc": f"{self.last_eval['accuracy']:.3f}"} if self.last_eval else {}),
+                    refresh=False,
+                )
+                bar.update(1)
+                if ddp.broadcast_flag(stop.signal is not None) and self.step < total:
+                    return self._cancel(stop.signal or "signal", last_checkpoint)
+        return self._finish()
+
+    def _cancel(self, why: str, last_checkpoint: int) -> Outcome:
+        if last_checkpoint != self.step:
+            self.save_checkpoint()
+        message = f"cancelled by {why} at step {self.step}; resume with `dora train --resume {self.plan.run_dir}`"
+        if self.main:
+            log.info(message)
+        self.reporter.event(self.step, "cancelled", message)
+        return Outcome("cancelled", self.plan.run_dir, {"step": self.step})
+
+    def _finish(self) -> Outcome:
+        metrics = self.last_eval if self.last_eval is not None else self._evaluate()
+        result: dict[str, Any] = {
+            "status": "completed",
+            "method": self.job.method,
+            "model": self.job.model,
+            "dataset": self.job.dataset,
+            "total_steps": self.plan.total_steps,
+            "metrics": metrics,
+            "best": self.best,
+            "params": self.method.param_counts(),
+            "train_size": len(self.train_data),
+            "dev_size": len(self.dev_data),
+            "wall_time_s": round(time.monotonic() - self.started, 2),
+        }
+        if self.method.name == "dora":
+            result["rank_pattern"] = self.method.tuner.rank_pattern()
+        if self.main:
+            self.method.save_final(self.plan.run_dir, self.tokenizer)
+            _write_json(self.plan.run_dir / RESULT_FILE, result)
+            log.info(
+                "done: dev accuracy %.4f, macro-F1 %.4f; adapter in %s",
+                metrics["accuracy"],
+                metrics["macro_f1"],
+                self.plan.run_dir,
+            )
+        ddp.barrier()
+        self.reporter.event(
+            self.step, "finished", f"dev accuracy {metrics['accuracy']:.4f}", result
+        )
+        return Outcome("completed", self.plan.run_dir, result)
+
+
+def _make_reporter(job: JobConfig, run_dir: Path, telemetry: Telemetry) -> Reporter | NullReporter:
+    if not ddp.is_main():
+        return NullReporter()
+    return Reporter(
+        run_dir,
+        telemetry.api_url,
+        run_id=telemetry.run_id,
+        token=telemetry.token,
+        run_name=job.display_name,
+        config=job.model_dump(mode="json"),
+    )
+
+
+def train(
+    job: JobConfig,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    telemetry: Telemetry | None = None,
+    progress: bool | None = None,
+) -> Outcome:
+    """Run one job (the same as `dora train`). Raises JobConfigError before training on a bad job."""
+    telemetry = telemetry or Telemetry()
+    progress = sys.stderr.isatty() if progress is None else progress
+    device = pick_device(job)
+    ddp.setup(device)
+    handler = None
+    reporter: Reporter | NullReporter = NullReporter()
+    try:
+        run_dir = _shared_run_dir(job, Path(run_dir) if run_dir else None)
+        if job.output_dir != str(run_dir):
+            job = job.model_copy(update={"output_dir": str(run_dir)})
+        try:
+            plan = prepare(job, run_dir, resume=resume, world_size=ddp.world_size())
+        except JobConfigError as exc:
+            if telemetry.run_id is not None and ddp.is_main():
+                # Launched by the API: the dashboard should show why it never started.
+                run_dir.mkdir(parents=True, exist_ok=True)
+                reporter = _make_reporter(job, run_dir, telemetry)
+                reporter.event(0, "failed", str(exc), {"traceback": str(exc)}, force=True)
+            raise
+        if ddp.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handler = _setup_logging(run_dir)
+            _write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
+            _write_json(run_dir / SPLIT_FILE, plan.split.record)
+        else:
+            _setup_logging(None)
+        ddp.barrier()
+        reporter = _make_reporter(job, run_dir, telemetry)
+        return _run(plan, device, reporter, telemetry, resume, progress)
+    except (JobConfigError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        step = getattr(exc, "_dora_step", 0)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        reporter.event(step, "failed", message, {"traceback": traceback.format_exc()}, force=True)
+        raise
+    finally:
+        if not reporter.close(timeout=15):
+            log.warning(
+                "telemetry API unreachable; unsent batches stay in the spool of %s", run_dir
+            )
+        if handler is not None:
+            logging.getLogger("dora").removeHandler(handler)
+            handler.close()
+        ddp.teardown()
+
+
+def _run(
+    plan: Plan,
+    device: torch.device,
+    reporter: Reporter | NullReporter,
+    telemetry: Telemetry,
+    resume: bool,
+    progress: bool,
+) -> Outcome:
+    job = plan.job
+    if resume and (plan.run_dir / RESULT_FILE).exists():
+        raise JobConfigError(
+            [("", f"{plan.run_dir} already finished (result.json exists); nothing to resume")]
+        )
+    worker = Worker(plan, device, reporter, telemetry.report_every or job.report_every)
+    state = checkpoint.load_latest(plan.run_dir) if resume else None
+    try:
+        worker.restore(state)
+        worker.register()
+        if state is None:
+            reporter.event(
+                0,
+                "started",
+                f"{job.method} on {job.model} / {job.dataset}: {plan.total_steps} steps",
+            )
+            worker.report_state(0, force_scores=True)
+        else:
+            reporter.event(
+                worker.step, "log", f"resumed from the checkpoint at step {worker.step}", force=True
+            )
+        if ddp.is_main():
+            log.info(
+                "%s: %d train / %d dev examples, %d optimizer steps, run dir %s",
+                job.display_name,
+                len(worker.train_data),
+                len(worker.dev_data),
+                plan.total_steps,
+                plan.run_dir,
+            )
+        with _StopFlag() as stop:
+            return worker.run(stop, progress)
+    except BaseException as exc:
+        exc._dora_step = worker.step  # type: ignore[attr-defined]
+        raise
