@@ -259,6 +259,12 @@ class LoraMethod(PeftMethod):
             masks[name] = [1] * A.shape[0]
         return scores, masks
 
+    def budget(self, step: int) -> dict:
+        """Constant: every layer holds b(T) live components from start to end."""
+        rank = self.model.peft_config["default"].r
+        live = rank * len(self.targets)
+        return {"step": step, "target": live, "live": live, "b": float(rank)}
+
 
 class AdaLoraMethod(PeftMethod):
     name = "adalora"

@@ -135,3 +135,14 @@ def tiny_job(model: Path, data: Path, out: Path, **overrides) -> dict:
     }
     job.update(overrides)
     return job
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
