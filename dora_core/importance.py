@@ -19,15 +19,18 @@ from torch import Tensor
 def component_importance(A: Tensor, B: Tensor, c: Tensor) -> Tensor:
     """Scores s_i (length r) of one layer's components; zeros when the update is zero.
 
-    A: (r, d_in), B: (d_out, r), c: (r,). The scale alpha / r' cancels in the
-    ratio. Computed in at least float32 and without autograd history.
+    A: (r, d_in), B: (d_out, r), c: (r,). Leading batch dimensions are allowed
+    (A: (..., r, d_in) etc.) to score many same-shaped layers in a few ops.
+    The scale alpha / r' cancels in the ratio. Computed in at least float32
+    and without autograd history.
     """
     with torch.no_grad():
         dtype = torch.promote_types(A.dtype, torch.float32)
         A, B, c = A.to(dtype), B.to(dtype), c.to(dtype)
-        numerator = c.abs() * A.norm(dim=1) * B.norm(dim=0)
-        gram = (B.T @ B) * (A @ A.T)  # (r, r)
-        denominator = (c @ gram @ c).clamp_min(0).sqrt()
+        numerator = c.abs() * A.norm(dim=-1) * B.norm(dim=-2)
+        gram = (B.mT @ B) * (A @ A.mT)  # (..., r, r)
+        squared = (c.unsqueeze(-2) @ gram @ c.unsqueeze(-1)).squeeze(-1)  # (..., 1)
+        denominator = squared.clamp_min(0).sqrt()
         # torch.where instead of an `if`: no host sync per layer on accelerators.
         return torch.where(denominator > 0, numerator / denominator, torch.zeros_like(numerator))
 

@@ -67,6 +67,7 @@ How a training loop drives the tuner
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,9 +189,20 @@ class DoraTuner:
 
     @torch.no_grad()
     def _update_scores(self) -> None:
+        # Same-shaped layers are scored together: a few batched ops instead of
+        # a dozen per layer (small per-layer BLAS calls stall on a busy CPU).
+        groups: dict[tuple, list[DoraLayer]] = defaultdict(list)
         for layer in self._layers.values():
-            scores = component_importance(layer.dora_A, layer.dora_B, layer.dora_c * layer.gate)
-            ema_update(layer.ema, scores, self.config.beta)
+            A = layer.dora_A
+            groups[(A.shape, layer.dora_B.shape, A.dtype, A.device)].append(layer)
+        for group in groups.values():
+            scores = component_importance(
+                torch.stack([layer.dora_A for layer in group]),
+                torch.stack([layer.dora_B for layer in group]),
+                torch.stack([layer.dora_c * layer.gate for layer in group]),
+            )
+            for layer, layer_scores in zip(group, scores, strict=True):
+                ema_update(layer.ema, layer_scores, self.config.beta)
 
     @torch.no_grad()
     def _prune(self, t: int) -> None:

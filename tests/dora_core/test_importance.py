@@ -77,3 +77,19 @@ def test_ema_starts_from_zero_and_follows_eq8():
     torch.testing.assert_close(smoothed, torch.tensor([0.1, 0.2, 0.0]))
     ema_update(smoothed, torch.tensor([1.0, 0.0, 1.0]), beta=0.9)
     torch.testing.assert_close(smoothed, torch.tensor([0.19, 0.18, 0.1]))
+
+
+def test_batched_layers_score_like_one_at_a_time():
+    gen = torch.Generator().manual_seed(3)
+    A, B, c = (
+        torch.randn(5, 4, 16, generator=gen),
+        torch.randn(5, 24, 4, generator=gen),
+        torch.randn(5, 4, generator=gen),
+    )
+    c[2] = 0.0  # one layer with a zero update
+    got = component_importance(A, B, c)
+    assert got.shape == (5, 4)
+    for i in range(5):
+        torch.testing.assert_close(
+            got[i].double(), naive_importance(A[i], B[i], c[i]), rtol=1e-4, atol=1e-6
+        )
