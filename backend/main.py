@@ -1,19 +1,61 @@
-"""ASGI entry point: `uvicorn backend.main:app`. Only wiring lives here."""
+"""ASGI entry point: ``uvicorn backend.main:app``. Only wiring lives here."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from backend.db import Database
+from backend.errors import install_handlers
+from backend.launcher import Launcher, LocalProcessLauncher
+from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
+from backend.security import BodyLimit
+from backend.settings import Settings
+from backend.watcher import Watcher, check_workers
 from dora_core import __version__
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="DoRA telemetry API", version=__version__)
+def create_app(settings: Settings | None = None, launcher: Launcher | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    launcher = launcher or LocalProcessLauncher()
 
-    @app.get("/api/health", tags=["health"])
-    def health() -> dict:
-        return {"status": "ok", "version": __version__}
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url, settings.sqlite_busy_timeout_s)
+        db.migrate()
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        check_workers(db, launcher)  # reconcile runs left by an earlier API process
+        watcher = Watcher(db, launcher, settings.watch_interval_s)
+        watcher.start()
+        app.state.db = db
+        try:
+            yield
+        finally:
+            watcher.stop()
+            db.dispose()
 
+    app = FastAPI(
+        title="DoRA telemetry API",
+        version=__version__,
+        description="Telemetry ingest, queries and job launcher (docs/protocol.md).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.launcher = launcher
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    for module in (health, runs, telemetry, queries, stream, jobs, presets, artifacts):
+        app.include_router(module.router, prefix="/api")
     return app
 
 

@@ -1,35 +1,115 @@
-"""Settings from the environment, with safe defaults (loopback, SQLite under ./data)."""
+"""Settings from the environment, with safe defaults.
+
+Loopback bind, SQLite under ``./data``, no CORS, an 8 MiB body limit, and job
+paths confined to folders under the data dir. Tests build their own instance
+(``Settings(data_dir=tmp_path)``); the server reads ``Settings.from_env()``.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-def _env_path(name: str, default: str) -> Path:
-    return Path(os.environ.get(name, default)).expanduser().resolve()
+
+class SettingsError(ValueError):
+    """An environment variable with a value we cannot use (one line, names the variable)."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Read once at start-up; tests build their own instance."""
+    """Everything the API reads from outside. Derived defaults are filled in after init."""
 
-    data_dir: Path = field(default_factory=lambda: _env_path("DORA_DATA_DIR", "data"))
-    database_url: str = ""  # empty: SQLite file <data_dir>/dora.db
-    host: str = field(default_factory=lambda: os.environ.get("DORA_API_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(os.environ.get("DORA_API_PORT", "8000")))
-    api_token: str | None = field(default_factory=lambda: os.environ.get("DORA_API_TOKEN") or None)
+    data_dir: Path = Path("data")
+    # Any SQLAlchemy URL; empty: SQLite file <data_dir>/dora.db.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # When set, write endpoints need `Authorization: Bearer <api_token>`;
+    # ingest also accepts the run's own token handed to its worker.
+    api_token: str | None = None
+    # Origins allowed by CORS; empty (the default) adds no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    # A job's model/dataset that is not a preset must lie inside one of these.
+    model_roots: tuple[Path, ...] = ()
+    dataset_roots: tuple[Path, ...] = ()
+    # URL handed to workers; empty: http://<host>:<port> (loopback for 0.0.0.0).
+    api_url: str = ""
+    sqlite_busy_timeout_s: float = 30.0
+    # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
+    cancel_grace_s: float = 15.0
+    # How often the launcher's watcher looks for dead workers, and SSE polls.
+    watch_interval_s: float = 1.0
+    stream_interval_s: float = 0.5
+    stream_keepalive_s: float = 15.0
 
     def __post_init__(self) -> None:
+        data_dir = Path(self.data_dir).expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
         if not self.database_url:
-            url = os.environ.get("DATABASE_URL") or f"sqlite:///{self.data_dir / 'dora.db'}"
-            object.__setattr__(self, "database_url", url)
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'dora.db'}")
+        if not self.model_roots:
+            object.__setattr__(self, "model_roots", (data_dir / "models",))
+        if not self.dataset_roots:
+            object.__setattr__(self, "dataset_roots", (data_dir / "datasets",))
+        if not self.api_url:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            host = f"[{host}]" if ":" in host else host
+            object.__setattr__(self, "api_url", f"http://{host}:{self.port}")
 
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the DORA_* variables (docs/protocol.md); raise SettingsError naming a bad one."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float, kind: type = float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"{name}={raw!r} is not a {kind.__name__}; unset it or give a number"
+                ) from None
+            if value <= 0:
+                raise SettingsError(f"{name}={raw!r} must be positive")
+            return value
+
+        def paths(name: str) -> tuple[Path, ...]:
+            raw = env.get(name, "")
+            return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p)
+
+        port = int(number("DORA_API_PORT", 8000, int))
+        if port > 65535:
+            raise SettingsError(f"DORA_API_PORT={port} is not a TCP port (1..65535)")
+        origins = tuple(o.strip() for o in env.get("DORA_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            data_dir=Path(env.get("DORA_DATA_DIR") or "data"),
+            database_url=env.get("DATABASE_URL", ""),
+            host=env.get("DORA_API_HOST") or "127.0.0.1",
+            port=port,
+            api_token=env.get("DORA_API_TOKEN") or None,
+            cors_origins=origins,
+            max_body_bytes=int(number("DORA_MAX_BODY_BYTES", 8 * 1024 * 1024, int)),
+            model_roots=paths("DORA_MODEL_ROOTS"),
+            dataset_roots=paths("DORA_DATASET_ROOTS"),
+            api_url=env.get("DORA_WORKER_API_URL", ""),
+            cancel_grace_s=number("DORA_CANCEL_GRACE_S", 15.0),
+        )
+
 
 def get_settings() -> Settings:
-    return Settings()
+    return Settings.from_env()

@@ -1,0 +1,36 @@
+"""``python -m backend``: serve the API on DORA_API_HOST:DORA_API_PORT (127.0.0.1:8000).
+
+Refuses to listen beyond loopback without DORA_API_TOKEN, since anyone who
+can reach the port could otherwise launch jobs and delete runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from backend.settings import Settings, SettingsError
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.is_loopback and settings.api_token is None:
+        print(
+            f"error: DORA_API_HOST={settings.host} exposes the API beyond this machine; "
+            "set DORA_API_TOKEN so that writes need it, or bind 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    from backend.main import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""FastAPI dependencies: the database, sessions, settings and launcher of the running app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from backend.db import Database
+from backend.launcher import Launcher
+from backend.settings import Settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_launcher(request: Request) -> Launcher:
+    return request.app.state.launcher
+
+
+def read_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
+    with db.reader() as session:
+        yield session
+
+
+def write_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
+    """A session whose transaction takes the write lock up front (see backend.db)."""
+    with db.writer() as session:
+        yield session
+
+
+DB = Annotated[Database, Depends(get_db)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+AppLauncher = Annotated[Launcher, Depends(get_launcher)]
+ReadSession = Annotated[Session, Depends(read_session)]
+WriteSession = Annotated[Session, Depends(write_session)]

@@ -1,0 +1,50 @@
+"""Domain errors raised by the services, and how they become HTTP answers.
+
+Services stay free of FastAPI; main.py installs ``install_handlers``. A 422
+keeps FastAPI's own shape (``detail: [{"loc", "msg", "type"}]``) so clients
+handle our checks and pydantic's the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+class NotFound(LookupError):
+    """404: the message says what was not found."""
+
+
+class Conflict(RuntimeError):
+    """409: the request is valid but clashes with the run's state."""
+
+
+class Invalid(ValueError):
+    """422: one or more (loc, message) pairs pointing into the request."""
+
+    def __init__(self, errors: Sequence[tuple[Sequence[str | int], str]]):
+        self.errors = [(tuple(loc), msg) for loc, msg in errors]
+        super().__init__("; ".join(msg for _, msg in self.errors))
+
+    @classmethod
+    def at(cls, loc: Sequence[str | int], msg: str) -> Invalid:
+        return cls([(loc, msg)])
+
+    def detail(self) -> list[dict]:
+        return [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in self.errors]
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Invalid)
+    async def _invalid(_request: Request, exc: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=422)

@@ -1,0 +1,174 @@
+"""Starting, watching and stopping training workers.
+
+``Launcher`` is the interface the API needs; ``LocalProcessLauncher`` runs
+each worker as a local subprocess in its own session (so Ctrl-C on the API
+does not reach it and a restarted API finds it still running). A cluster
+launcher would implement the same four verbs with job ids as handles.
+
+The command is fixed here, never taken from a request:
+``<python> -m dora_core.cli train <run dir>/job.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# Never handed to a worker: it gets its own run's ingest token instead.
+SECRET_ENV = ("DORA_API_TOKEN", "DATABASE_URL", "TEST_DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    run_id: int
+    job_file: Path
+    run_dir: Path
+    log_file: Path
+    env: Mapping[str, str]  # DORA_API_URL, DORA_RUN_ID, DORA_INGEST_TOKEN, DORA_DATA_DIR
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker ended. ``code`` is None when it is unknown (not our child)."""
+
+    code: int | None
+
+    def describe(self) -> str:
+        if self.code is None:
+            return (
+                "the worker is gone (exit status unknown: it was started by an earlier API process)"
+            )
+        if self.code < 0:
+            try:
+                name = signal.Signals(-self.code).name
+            except ValueError:
+                name = f"signal {-self.code}"
+            return f"the worker was killed by {name}"
+        return f"the worker exited with status {self.code}"
+
+
+class Launcher(Protocol):
+    def start(self, spec: LaunchSpec) -> str:
+        """Start a worker; return an opaque handle to store with the run."""
+        ...
+
+    def poll(self, handle: str) -> WorkerExit | None:
+        """None while the worker runs; how it ended once it has."""
+        ...
+
+    def stop(self, handle: str, grace_s: float) -> None:
+        """Ask the worker to stop (SIGTERM), force it after ``grace_s``. Returns at once."""
+        ...
+
+    def wait(self, handle: str, timeout_s: float) -> WorkerExit | None:
+        """Block up to ``timeout_s`` for the worker to end."""
+        ...
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks (Linux), to tell it from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _parse(handle: str) -> tuple[int, str]:
+    kind, pid, ticks = handle.split(":")
+    if kind != "local":
+        raise ValueError(f"not a local worker handle: {handle!r}")
+    return int(pid), ticks
+
+
+class LocalProcessLauncher:
+    """Workers as subprocesses of this API; stdout and stderr go to the run's log file."""
+
+    def __init__(self, argv_prefix: Sequence[str] | None = None):
+        # Tests substitute a stand-in script; the API never takes this from a request.
+        self.argv_prefix = tuple(argv_prefix or (sys.executable, "-m", "dora_core.cli"))
+        self._children: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def start(self, spec: LaunchSpec) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env.update(spec.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                [*self.argv_prefix, "train", str(spec.job_file)],
+                cwd=spec.run_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        with self._lock:
+            self._children[proc.pid] = proc
+        return f"local:{proc.pid}:{_start_ticks(proc.pid)}"
+
+    def poll(self, handle: str) -> WorkerExit | None:
+        pid, ticks = _parse(handle)
+        with self._lock:
+            proc = self._children.get(pid)
+        if proc is not None:
+            code = proc.poll()
+            return None if code is None else WorkerExit(code)
+        return None if self._alive(pid, ticks) else WorkerExit(None)
+
+    def stop(self, handle: str, grace_s: float) -> None:
+        pid, _ = _parse(handle)
+        if self.poll(handle) is not None:
+            return
+        self._signal(pid, signal.SIGTERM)
+        if grace_s <= 0:
+            self._signal(pid, signal.SIGKILL)
+            return
+
+        def _escalate() -> None:
+            if self.wait(handle, grace_s) is None:
+                self._signal(pid, signal.SIGKILL)
+
+        threading.Thread(target=_escalate, name=f"stop-worker-{pid}", daemon=True).start()
+
+    def wait(self, handle: str, timeout_s: float) -> WorkerExit | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ended = self.poll(handle)
+            if ended is not None or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.05)
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        """Signal the worker's whole process group (it leads its own session)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    @staticmethod
+    def _alive(pid: int, ticks: str) -> bool:
+        """A worker from an earlier API process: same pid *and* same start time."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        if ticks == "0":
+            return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z" and _start_ticks(pid) == ticks

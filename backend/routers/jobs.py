@@ -1,0 +1,85 @@
+"""Jobs: launch a training worker from a job config, cancel it, read its log."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, status
+
+from backend.deps import DB, AppLauncher, AppSettings
+from backend.errors import Invalid
+from backend.routers.responses import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, WRITE_AUTH
+from backend.schemas import JobCreated, LogTail, RunPublic
+from backend.security import Writer
+from backend.services import jobs
+from backend.services.runs import to_public
+from dora_core.jobconfig import JobConfig
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_JOB_SCHEMA = JobConfig.model_json_schema()
+_JOB_EXAMPLE = {"model": "minilm", "dataset": "rt-snippets", "target_rank": 4, "max_steps": 200}
+
+
+async def job_body(request: Request) -> Any:
+    """The raw JSON body: checked by the shared schema (dora_core.jobconfig), not by FastAPI,
+    so a cross-field error names its field the same way the CLI does."""
+    try:
+        return json.loads(await request.body())
+    except ValueError as exc:
+        raise Invalid.at(("body",), f"the body is not valid JSON: {exc}") from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Writer],
+    responses={**WRITE_AUTH, **UNPROCESSABLE, **TOO_LARGE},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _JOB_SCHEMA, "example": _JOB_EXAMPLE}},
+        }
+    },
+)
+def create_job(
+    body: Annotated[Any, Depends(job_body)],
+    db: DB,
+    settings: AppSettings,
+    launcher: AppLauncher,
+) -> JobCreated:
+    """Validate a job config, create its run (``<data>/runs/<id>``) and start its worker.
+
+    The server sets ``output_dir``; a model or dataset that is not a preset
+    must be a path inside the configured roots (DORA_MODEL_ROOTS,
+    DORA_DATASET_ROOTS).
+    """
+    run = jobs.launch(db, settings, launcher, body)
+    return JobCreated(run_id=run.id, run=to_public(run))
+
+
+@router.get("/schema")
+def job_schema() -> dict[str, Any]:
+    """The JobConfig JSON schema (for forms)."""
+    return _JOB_SCHEMA
+
+
+@router.post(
+    "/{run_id}/cancel",
+    dependencies=[Writer],
+    responses={
+        **WRITE_AUTH,
+        **NOT_FOUND,
+        409: {"description": "The run already ended or was not launched by this API"},
+    },
+)
+def cancel_job(run_id: int, db: DB, settings: AppSettings, launcher: AppLauncher) -> RunPublic:
+    """Cancel: SIGTERM (the worker checkpoints and exits), SIGKILL after a grace period."""
+    return to_public(jobs.cancel(db, settings, launcher, run_id))
+
+
+@router.get("/{run_id}/log", responses=NOT_FOUND)
+def job_log(run_id: int, db: DB, tail: Annotated[int, Query(ge=0, le=100_000)] = 200) -> LogTail:
+    """The last ``tail`` lines of the worker's stdout and stderr."""
+    return LogTail(lines=jobs.log_tail(db, run_id, tail))

@@ -1,0 +1,96 @@
+"""What the dashboard reads about one run's training, each fast at 10k steps x 72 modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from backend.deps import ReadSession
+from backend.routers.responses import NOT_FOUND
+from backend.schemas import (
+    BudgetSeries,
+    EventPublic,
+    RankMatrix,
+    ScalarSeries,
+    ScoreSeries,
+    StepList,
+)
+from backend.services import queries
+
+router = APIRouter(prefix="/runs", tags=["queries"], responses=NOT_FOUND)
+
+SinceStep = Annotated[
+    int | None, Query(ge=0, description="Only data after this step (for incremental refresh)")
+]
+MaxPoints = Annotated[int, Query(ge=1, le=100_000, description="Downsample to at most this")]
+
+
+@router.get("/{run_id}/steps")
+def steps(run_id: int, session: ReadSession) -> StepList:
+    """Steps that have score data (for a step slider)."""
+    return StepList(steps=queries.score_steps(session, run_id))
+
+
+@router.get("/{run_id}/rank-matrix")
+def rank_matrix(
+    run_id: int,
+    session: ReadSession,
+    step: Annotated[
+        int | None, Query(ge=0, description="Nearest recorded step at or before; default latest")
+    ] = None,
+) -> RankMatrix:
+    """Live components per cell of layers x module types."""
+    return queries.rank_matrix(session, run_id, step)
+
+
+@router.get("/{run_id}/scores")
+def scores(
+    run_id: int,
+    session: ReadSession,
+    module: str | None = None,
+    layer: Annotated[int | None, Query(ge=0)] = None,
+    max_points: MaxPoints = 1000,
+    since_step: SinceStep = None,
+) -> ScoreSeries:
+    """Component scores and masks of one module (``module``) or one layer (``layer``).
+
+    Downsampled to ``max_points`` steps, always keeping pruning-event steps.
+    """
+    return queries.score_series(session, run_id, module, layer, max_points, since_step)
+
+
+@router.get("/{run_id}/budget")
+def budget(run_id: int, session: ReadSession, since_step: SinceStep = None) -> BudgetSeries:
+    """Target and live component counts at each reported step."""
+    return queries.budget_series(session, run_id, since_step)
+
+
+@router.get("/{run_id}/scalars/keys")
+def scalar_keys(run_id: int, session: ReadSession) -> list[str]:
+    return queries.scalar_keys(session, run_id)
+
+
+@router.get("/{run_id}/scalars")
+def scalars(
+    run_id: int,
+    session: ReadSession,
+    keys: Annotated[str, Query(description="Comma-separated, e.g. loss,eval/accuracy")],
+    max_points: MaxPoints = 1000,
+    since_step: SinceStep = None,
+) -> ScalarSeries:
+    """Named series (losses, lr, eval metrics); null marks a non-finite value."""
+    wanted = [k.strip() for k in keys.split(",") if k.strip()]
+    return queries.scalar_series(session, run_id, wanted, max_points, since_step)
+
+
+@router.get("/{run_id}/events")
+def events(
+    run_id: int,
+    session: ReadSession,
+    kind: str | None = None,
+    since_step: SinceStep = None,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="The latest this many")] = 10_000,
+) -> list[EventPublic]:
+    """Pruning, evaluation, checkpoint and status events, oldest first."""
+    return queries.events(session, run_id, kind, since_step, limit)

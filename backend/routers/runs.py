@@ -1,0 +1,80 @@
+"""Runs: created by a worker started by hand, listed and read by the dashboard, deleted."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from backend.deps import DB, AppLauncher, AppSettings, ReadSession, WriteSession
+from backend.routers.responses import NOT_FOUND, UNPROCESSABLE, WRITE_AUTH
+from backend.schemas import ModulePublic, RegisterIn, RunCreate, RunList, RunPublic, RunStatus
+from backend.security import Ingester, Writer
+from backend.services import runs
+from backend.services.jobs import stop_for_delete
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Writer],
+    responses={**WRITE_AUTH, **UNPROCESSABLE},
+)
+def create_run(body: RunCreate, session: WriteSession, settings: AppSettings) -> RunPublic:
+    """Create a run for a worker started by hand; the config is checked like a job's."""
+    return runs.to_public(runs.create_run(session, settings, body.name, body.config))
+
+
+@router.get("")
+def list_runs(
+    session: ReadSession,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunList:
+    """Runs, newest first."""
+    items, total = runs.list_runs(session, status, limit, offset)
+    return RunList(items=[runs.to_public(r) for r in items], total=total)
+
+
+@router.get("/{run_id}", responses=NOT_FOUND)
+def get_run(run_id: int, session: ReadSession) -> RunPublic:
+    return runs.to_public(runs.get_run(session, run_id))
+
+
+@router.delete(
+    "/{run_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Writer],
+    responses={**WRITE_AUTH, **NOT_FOUND},
+)
+def delete_run(run_id: int, db: DB, settings: AppSettings, launcher: AppLauncher) -> Response:
+    """Stop a live worker, then remove the run's rows and the directory the API made for it."""
+    run = stop_for_delete(db, launcher, run_id)
+    with db.writer() as session:
+        runs.remove_run_data(session, settings, run)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{run_id}/register",
+    dependencies=[Ingester],
+    responses={
+        **WRITE_AUTH,
+        **NOT_FOUND,
+        **UNPROCESSABLE,
+        409: {"description": "The run already registered a different module list"},
+    },
+)
+def register(run_id: int, body: RegisterIn, session: WriteSession) -> RunPublic:
+    """The worker's module list (once the model is built); sets the run running."""
+    return runs.to_public(runs.register(session, run_id, body))
+
+
+@router.get("/{run_id}/modules", responses=NOT_FOUND)
+def modules(run_id: int, session: ReadSession) -> list[ModulePublic]:
+    """Adapted modules in registration order (``index`` = position in score blobs)."""
+    runs.ensure_run(session, run_id)
+    return [runs.module_public(m) for m in runs.modules_of(session, run_id)]

@@ -1,0 +1,1 @@
+"""Business logic on database sessions; no FastAPI here (routers adapt it to HTTP)."""

@@ -1,0 +1,223 @@
+"""Storing one telemetry batch: validated first, then written in one transaction.
+
+Every check runs before the first insert, and the batch's rows, the run
+summary and the batch's sequence number commit together, so a rejected or
+interrupted batch leaves nothing behind and a retried one is recognised by
+its ``seq``. Steps only move forward within each stream (scores, budget,
+each scalar key, events); see docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from backend.errors import Invalid
+from backend.models import (
+    FINAL_STATUSES,
+    BudgetPoint,
+    Event,
+    IngestBatch,
+    Run,
+    Scalar,
+    ScoreStep,
+    utcnow,
+)
+from backend.schemas import IngestAck, ScalarsRecord, TelemetryBatch
+from backend.scorepack import Layout, PackError, pack_step
+from backend.services.runs import layout_of, lock_run
+
+EVAL_PREFIX = "eval/"
+# Which eval scalar defines a run's "best" step, and whether higher is better.
+BEST_KEYS = (("eval/accuracy", True), ("eval/macro_f1", True), ("eval/loss", False))
+
+
+def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:
+    """Store a batch (or acknowledge a repeat); raise Invalid with nothing written."""
+    run = lock_run(session, run_id)
+    seen = session.get(IngestBatch, (run_id, batch.seq))
+    if seen is not None:
+        session.rollback()
+        return IngestAck(seq=batch.seq, duplicate=True, step=seen.step)
+
+    steps = [r.step for r in (*batch.scores, *batch.budget, *batch.scalars, *batch.events)]
+    top = max(steps) if steps else None
+    score_rows = _score_rows(session, run_id, batch)
+    budget_rows = _budget_rows(session, run_id, batch)
+    scalar_rows = _scalar_rows(session, run_id, batch.scalars)
+    event_rows = _event_rows(session, run_id, batch)
+
+    for model, rows in (
+        (ScoreStep, score_rows),
+        (BudgetPoint, budget_rows),
+        (Scalar, scalar_rows),
+        (Event, event_rows),
+    ):
+        if rows:
+            session.execute(insert(model), rows)
+    _update_summary(run, batch, top)
+    session.add(IngestBatch(run_id=run_id, seq=batch.seq, step=top, received_at=utcnow()))
+    session.commit()
+    return IngestAck(seq=batch.seq, duplicate=False, step=top)
+
+
+def _check_order(steps: Sequence[int], last: int | None, field: str, strict: bool) -> None:
+    """Steps in a stream must rise (``strict``) or not fall, also across batches."""
+    prev = last
+    for i, step in enumerate(steps):
+        if prev is not None and (step < prev or (strict and step == prev)):
+            before = "one already stored" if i == 0 else "the record before it"
+            raise Invalid.at(
+                ("body", field, i, "step"),
+                f"step {step} does not come after step {prev} ({field}: {before}); "
+                "steps only move forward within a stream",
+            )
+        prev = step
+
+
+def _last_step(session: Session, column: Any, *where: Any) -> int | None:
+    return session.scalar(select(func.max(column)).where(*where))
+
+
+def _score_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
+    if not batch.scores:
+        return []
+    layout: Layout = layout_of(session, run_id)
+    if not layout.names:
+        raise Invalid.at(
+            ("body", "scores"), f"run {run_id} has no registered modules; register them first"
+        )
+    last = _last_step(session, ScoreStep.step, ScoreStep.run_id == run_id)
+    _check_order([r.step for r in batch.scores], last, "scores", True)
+    rows = []
+    for i, record in enumerate(batch.scores):
+        try:
+            scores, masks = pack_step(layout, record.values, record.masks)
+        except PackError as exc:
+            raise Invalid.at(("body", "scores", i, *exc.loc), exc.msg) from None
+        rows.append({"run_id": run_id, "step": record.step, "scores": scores, "masks": masks})
+    return rows
+
+
+def _budget_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
+    if not batch.budget:
+        return []
+    last = _last_step(session, BudgetPoint.step, BudgetPoint.run_id == run_id)
+    _check_order([r.step for r in batch.budget], last, "budget", True)
+    return [{"run_id": run_id, **r.model_dump()} for r in batch.budget]
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """Non-finite scalars (a diverged loss) are kept as gaps, never as invalid JSON."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _scalar_rows(session: Session, run_id: int, records: Sequence[ScalarsRecord]) -> list[dict]:
+    last: dict[str, int | None] = {}
+    rows = []
+    for i, record in enumerate(records):
+        for key, value in record.values.items():
+            if not key or len(key) > 200:
+                raise Invalid.at(
+                    ("body", "scalars", i, "values"), "scalar keys are 1 to 200 characters"
+                )
+            if key not in last:
+                last[key] = _last_step(
+                    session, Scalar.step, Scalar.run_id == run_id, Scalar.key == key
+                )
+            prev = last[key]
+            if prev is not None and record.step <= prev:
+                raise Invalid.at(
+                    ("body", "scalars", i, "step"),
+                    f"step {record.step} goes back: {key!r} already has a value at step {prev}",
+                )
+            last[key] = record.step
+            rows.append(
+                {"run_id": run_id, "key": key, "step": record.step, "value": finite_or_none(value)}
+            )
+    return rows
+
+
+def _event_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
+    if not batch.events:
+        return []
+    last = _last_step(session, Event.step, Event.run_id == run_id)
+    _check_order([e.step for e in batch.events], last, "events", False)
+    now = utcnow()
+    for i, event in enumerate(batch.events):
+        try:
+            json.dumps(event.data, allow_nan=False)
+        except ValueError:
+            raise Invalid.at(
+                ("body", "events", i, "data"), "event data must be JSON without NaN or infinity"
+            ) from None
+    return [
+        {
+            "run_id": run_id,
+            "step": e.step,
+            "kind": e.kind,
+            "message": e.message,
+            "data": e.data,
+            "created_at": now,
+        }
+        for e in batch.events
+    ]
+
+
+def _update_summary(run: Run, batch: TelemetryBatch, top: int | None) -> None:
+    now = utcnow()
+    run.updated_at = now
+    if top is not None and (run.step is None or top > run.step):
+        run.step = top
+    if batch.budget:
+        last = batch.budget[-1]
+        run.budget = {"step": last.step, "target": last.target, "live": last.live}
+    for record in batch.scalars:
+        _update_metrics(run, record.step, record.values.items())
+    for event in batch.events:
+        _apply_event(run, event.kind, event.message, now)
+
+
+def _update_metrics(run: Run, step: int, values: Iterable[tuple[str, float | None]]) -> None:
+    evals = {k: finite_or_none(v) for k, v in values if k.startswith(EVAL_PREFIX)}
+    if not evals:
+        return
+    stripped = {k[len(EVAL_PREFIX) :]: v for k, v in evals.items()}
+    if run.metrics_step == step and run.metrics is not None:
+        run.metrics = {**run.metrics, **stripped}
+    elif run.metrics_step is None or step > run.metrics_step:
+        run.metrics, run.metrics_step = stripped, step
+    run.best = _better(run.best, evals, step)
+
+
+def _better(best: dict | None, evals: dict[str, float | None], step: int) -> dict | None:
+    """The best eval so far by the first BEST_KEYS key the run reports."""
+    rank = {key: i for i, (key, _) in enumerate(BEST_KEYS)}
+    for key, higher in BEST_KEYS:
+        value = evals.get(key)
+        if value is None:
+            continue
+        if best is None or rank.get(best["key"], len(BEST_KEYS)) > rank[key]:
+            return {"key": key, "value": value, "step": step}
+        if best["key"] == key and (value > best["value"] if higher else value < best["value"]):
+            return {"key": key, "value": value, "step": step}
+        return best
+    return best
+
+
+def _apply_event(run: Run, kind: str, message: str, now: Any) -> None:
+    """Status changes reported by the worker; a final status is never left."""
+    if run.status in FINAL_STATUSES:
+        return
+    if kind == "started" and run.status == "queued":
+        run.status, run.started_at = "running", run.started_at or now
+    elif kind in ("finished", "failed", "cancelled"):
+        run.status = {"finished": "completed", "failed": "failed", "cancelled": "cancelled"}[kind]
+        run.finished_at = now
+        if kind == "failed":
+            run.error = message or "the worker reported a failure"

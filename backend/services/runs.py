@@ -1,0 +1,195 @@
+"""Runs: create, list, read, register modules, delete; and the public view of a run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from backend.errors import Conflict, Invalid, NotFound
+from backend.models import FINAL_STATUSES, Module, Run, utcnow
+from backend.schemas import ModulePublic, RegisterIn, RunPublic
+from backend.scorepack import Layout
+from backend.settings import Settings
+from dora_core.jobconfig import JobConfig, JobConfigError, parse_job_config
+
+
+def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobConfig:
+    """The shared schema's verdict, as a 422 whose ``loc`` names each bad field."""
+    try:
+        return parse_job_config(data)
+    except JobConfigError as exc:
+        raise Invalid(
+            [((*prefix, *field.split(".")) if field else prefix, msg) for field, msg in exc.errors]
+        ) from None
+
+
+def lock_run(session: Session, run_id: int) -> Run:
+    """The run, locked for the rest of this write transaction (row lock off SQLite)."""
+    run = session.execute(
+        select(Run).where(Run.id == run_id).with_for_update()
+    ).scalar_one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def ensure_run(session: Session, run_id: int) -> None:
+    if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
+        raise NotFound(f"run {run_id} not found")
+
+
+def new_run(config: JobConfig, name: str | None = None) -> Run:
+    """A queued run for a validated config (not yet added to a session)."""
+    now = utcnow()
+    return Run(
+        name=name or config.display_name,
+        status="queued",
+        method=config.method,
+        model=config.model,
+        dataset=config.dataset,
+        config=config.model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+        num_modules=0,
+    )
+
+
+def create_run(session: Session, settings: Settings, name: str | None, config_data: dict) -> Run:
+    """A run for a worker started by hand; it reports into it itself."""
+    config = job_config_or_422(config_data, ("body", "config"))
+    run = new_run(config, name)
+    # Its run dir is served (adapter.zip, log) only when it lies under our data dir.
+    if config.output_dir:
+        out = Path(config.output_dir).expanduser().resolve()
+        if out.is_relative_to(settings.data_dir):
+            run.run_dir = str(out)
+    session.add(run)
+    session.commit()
+    return run
+
+
+def list_runs(
+    session: Session, status: str | None, limit: int, offset: int
+) -> tuple[list[Run], int]:
+    """Newest first."""
+    query = select(Run)
+    count = select(func.count()).select_from(Run)
+    if status:
+        query, count = query.where(Run.status == status), count.where(Run.status == status)
+    runs = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
+    return list(runs), int(session.scalar(count) or 0)
+
+
+def modules_of(session: Session, run_id: int) -> list[Module]:
+    return list(
+        session.scalars(select(Module).where(Module.run_id == run_id).order_by(Module.position))
+    )
+
+
+def layout_of(session: Session, run_id: int) -> Layout:
+    rows = session.execute(
+        select(Module.name, Module.rank).where(Module.run_id == run_id).order_by(Module.position)
+    ).all()
+    return Layout(tuple(r.name for r in rows), tuple(r.rank for r in rows))
+
+
+def register(session: Session, run_id: int, body: RegisterIn) -> Run:
+    """Store the module list once; the same list again is fine, a different one is 409.
+
+    Registering moves the run to ``running``; a failed or cancelled run that
+    registers again is being resumed (``dora train --resume``).
+    """
+    run = lock_run(session, run_id)
+    wanted = [(m.name, m.layer, m.type, list(m.shape), m.rank) for m in body.modules]
+    seen: dict[str, int] = {}
+    for i, (name, *_rest) in enumerate(wanted):
+        if name in seen:
+            raise Invalid.at(
+                ("body", "modules", i, "name"), f"duplicate module {name!r} (also at {seen[name]})"
+            )
+        seen[name] = i
+    stored = [(m.name, m.layer, m.type, list(m.shape), m.rank) for m in modules_of(session, run_id)]
+    if stored and stored != wanted:
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(stored, wanted, strict=False)) if a != b),
+            min(len(stored), len(wanted)),
+        )
+        raise Conflict(
+            f"run {run_id} already registered {len(stored)} modules and this list differs "
+            f"(first difference at index {diff}); start a new run for a different model"
+        )
+    if not stored:
+        session.add_all(
+            Module(run_id=run_id, position=i, name=n, layer=layer, type=t, shape=shape, rank=r)
+            for i, (n, layer, t, shape, r) in enumerate(wanted)
+        )
+    run.num_modules = len(wanted)
+    for field in ("total_steps", "init_rank", "target_rank", "params"):
+        value = getattr(body, field)
+        if value is not None:
+            setattr(run, field, value)
+    now = utcnow()
+    if run.status != "completed":
+        if run.status in FINAL_STATUSES:  # resumed
+            run.finished_at, run.error, run.exit_code = None, None, None
+        run.status = "running"
+        run.started_at = run.started_at or now
+    run.updated_at = now
+    session.commit()
+    return run
+
+
+def remove_run_data(session: Session, settings: Settings, run: Run) -> None:
+    """Delete the run's rows (the database cascades) and the run dir this API created."""
+    run_id, run_dir = run.id, run.run_dir
+    session.execute(delete(Run).where(Run.id == run_id))
+    session.commit()
+    if run_dir and Path(run_dir) == settings.runs_dir / str(run_id):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def has_adapter(run: Run) -> bool:
+    return bool(run.run_dir) and (Path(run.run_dir) / "adapter" / "adapter_config.json").is_file()
+
+
+def to_public(run: Run) -> RunPublic:
+    return RunPublic(
+        id=run.id,
+        name=run.name,
+        status=run.status,
+        method=run.method,
+        model=run.model,
+        dataset=run.dataset,
+        config=run.config,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        step=run.step,
+        total_steps=run.total_steps,
+        init_rank=run.init_rank,
+        target_rank=run.target_rank,
+        num_modules=run.num_modules,
+        budget=run.budget,
+        metrics=run.metrics,
+        best=run.best,
+        params=run.params,
+        error=run.error,
+        exit_code=run.exit_code,
+        has_adapter=has_adapter(run),
+    )
+
+
+def module_public(m: Module) -> ModulePublic:
+    return ModulePublic(
+        index=m.position, name=m.name, layer=m.layer, type=m.type, shape=m.shape, rank=m.rank
+    )
