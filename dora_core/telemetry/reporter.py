@@ -106,6 +106,14 @@ class Reporter:
     def _put(self, record: dict) -> None:
         self._queue.put(("record", record))
 
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until everything handed over so far is in ``metrics.jsonl`` (not necessarily
+        at the API). The loop calls this before a checkpoint, so that a run resumed from
+        the checkpoint never has a hole between what was journaled and where it restarts."""
+        done = threading.Event()
+        self._queue.put(("sync", done))
+        return done.wait(timeout)
+
     # --- shutting down ---
     def close(self, timeout: float = 15.0) -> bool:
         """Flush everything; wait up to ``timeout`` s for the API. True if nothing is left over."""
@@ -156,6 +164,11 @@ class Reporter:
             if kind is _CLOSE:
                 closing = True
                 end = 0.0
+            elif kind == "sync":
+                if records:
+                    self._commit(records)
+                    records = []
+                payload.set()
             elif kind == "register":
                 if records:  # keep the order: earlier records go into an earlier batch
                     self._commit(records)
@@ -221,6 +234,9 @@ class NullReporter:
     caught_up = True
 
     def register(self, body: dict) -> None: ...
+    def sync(self, timeout: float = 0.0) -> bool:
+        return True
+
     def scores(self, *args: Any, **kwargs: Any) -> None: ...
     def budget(self, *args: Any, **kwargs: Any) -> None: ...
     def scalars(self, *args: Any, **kwargs: Any) -> None: ...

@@ -295,6 +295,7 @@ class Worker:
                 "best": self.best,
                 "last_eval": self.last_eval,
             }
+            self.reporter.sync()  # the journal must reach this step before the checkpoint does
             path = checkpoint.save(self.plan.run_dir, self.step, payload)
             self.reporter.event(self.step, "checkpoint", f"saved {path.name}", {"path": str(path)})
         ddp.barrier()
