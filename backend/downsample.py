@@ -39,6 +39,8 @@ def pick_steps(steps: Sequence[int], max_points: int, keep: Iterable[int] = ()) 
     must = sorted({steps[0], steps[-1], *(s for s in keep if s in present)})
     if len(must) >= max_points:
         return _evenly(must, max_points)  # keeps the last step: it is must[-1]
-    must_set = set(must)
-    others = [s for s in steps if s not in must_set]
-    return sorted(must_set.union(_evenly(others, max_points - len(must))))
+    # The rest of the budget goes to evenly spaced positions over the whole series
+    # (its ends are already in ``must``); one landing on a kept step is not replaced.
+    spare = max_points - len(must)
+    positions = np.linspace(0, len(steps) - 1, spare + 2)[1:-1].round().astype(np.int64)
+    return sorted(set(must).union(steps[i] for i in positions))

@@ -89,9 +89,11 @@ def pack_step(
     _check_keys(layout, values, "values")
     _check_keys(layout, masks, "masks")
     total = layout.total
-    scores = np.fromiter(
+    wide = np.fromiter(
         chain.from_iterable(values[n] for n in layout.names), dtype=np.float64, count=total
-    ).astype(SCORE_DTYPE)
+    )
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, rejected below
+        scores = wide.astype(SCORE_DTYPE)
     finite = np.isfinite(scores)
     if not finite.all():
         bad = layout.module_at(int(np.argmin(finite)))

@@ -4,7 +4,7 @@ Every check runs before the first insert, and the batch's rows, the run
 summary and the batch's sequence number commit together, so a rejected or
 interrupted batch leaves nothing behind and a retried one is recognised by
 its ``seq``. Steps only move forward within each stream (scores, budget,
-each scalar key, events); see docs/protocol.md.
+each scalar key; events are a log and exempt); see docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:
     score_rows = _score_rows(session, run_id, batch)
     budget_rows = _budget_rows(session, run_id, batch)
     scalar_rows = _scalar_rows(session, run_id, batch.scalars)
-    event_rows = _event_rows(session, run_id, batch)
+    event_rows = _event_rows(run_id, batch)
 
     for model, rows in (
         (ScoreStep, score_rows),
@@ -66,11 +66,11 @@ def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:
     return IngestAck(seq=batch.seq, duplicate=False, step=top)
 
 
-def _check_order(steps: Sequence[int], last: int | None, field: str, strict: bool) -> None:
-    """Steps in a stream must rise (``strict``) or not fall, also across batches."""
+def _check_order(steps: Sequence[int], last: int | None, field: str) -> None:
+    """Steps in a stream must rise, also across batches."""
     prev = last
     for i, step in enumerate(steps):
-        if prev is not None and (step < prev or (strict and step == prev)):
+        if prev is not None and step <= prev:
             before = "one already stored" if i == 0 else "the record before it"
             raise Invalid.at(
                 ("body", field, i, "step"),
@@ -93,7 +93,7 @@ def _score_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[di
             ("body", "scores"), f"run {run_id} has no registered modules; register them first"
         )
     last = _last_step(session, ScoreStep.step, ScoreStep.run_id == run_id)
-    _check_order([r.step for r in batch.scores], last, "scores", True)
+    _check_order([r.step for r in batch.scores], last, "scores")
     rows = []
     for i, record in enumerate(batch.scores):
         try:
@@ -108,7 +108,7 @@ def _budget_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[d
     if not batch.budget:
         return []
     last = _last_step(session, BudgetPoint.step, BudgetPoint.run_id == run_id)
-    _check_order([r.step for r in batch.budget], last, "budget", True)
+    _check_order([r.step for r in batch.budget], last, "budget")
     return [{"run_id": run_id, **r.model_dump()} for r in batch.budget]
 
 
@@ -143,11 +143,11 @@ def _scalar_rows(session: Session, run_id: int, records: Sequence[ScalarsRecord]
     return rows
 
 
-def _event_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
+def _event_rows(run_id: int, batch: TelemetryBatch) -> list[dict]:
     if not batch.events:
         return []
-    last = _last_step(session, Event.step, Event.run_id == run_id)
-    _check_order([e.step for e in batch.events], last, "events", False)
+    # Events are a log, not a stream: a resumed worker re-announces itself at the
+    # checkpoint's step, below events it sent before, so any step is accepted.
     now = utcnow()
     for i, event in enumerate(batch.events):
         try:

@@ -1,0 +1,167 @@
+"""Fixtures for the API's tests: a real database per test, the app under TestClient.
+
+The database is a SQLite file in the test's temp dir, or PostgreSQL when
+``TEST_DATABASE_URL`` is set (e.g. ``postgresql+psycopg://dora@127.0.0.1/dora_test``;
+each test starts from an empty schema there). See README, "HTTP API".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, inspect, text
+
+from backend.launcher import LocalProcessLauncher
+from backend.main import create_app
+from backend.settings import Settings
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+ON_SQLITE = not PG_URL
+TABLES = ("runs", "modules", "score_steps", "budget", "scalars", "events", "ingest_batches")
+
+
+def _empty_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in (*TABLES[::-1], "alembic_version"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    if PG_URL:
+        _empty_postgres(PG_URL)
+        return PG_URL
+    return f"sqlite:///{tmp_path / 'data' / 'dora.db'}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "watch_interval_s": 0.1,
+            "stream_interval_s": 0.05,
+            "cancel_grace_s": 5.0,
+            **overrides,
+        }
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+# A stand-in for `dora_core.cli` that the launcher starts instead of a real
+# training run, so process handling (env, log, exit codes, signals) is tested
+# in a fraction of a second. Its behaviour is chosen by the job's name.
+STAND_IN = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    command, job_file = sys.argv[1], sys.argv[2]
+    job = json.load(open(job_file))
+    keys = ("DORA_API_URL", "DORA_RUN_ID", "DORA_INGEST_TOKEN", "DORA_API_TOKEN",
+            "DATABASE_URL", "DORA_DATA_DIR")
+    print("stand-in", command, job_file, "cwd=" + os.getcwd(), flush=True)
+    print("env " + json.dumps({k: os.environ.get(k) for k in keys}), flush=True)
+    mode = job["name"]
+    if mode == "exit-3":
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("RuntimeError: boom at step 7", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if mode == "ok":
+        sys.exit(0)
+    if mode == "sleep":
+        def on_term(signum, frame):
+            print("got SIGTERM, checkpointing", flush=True)
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, on_term)
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, lambda *a: print("ignoring SIGTERM", flush=True))
+    for _ in range(600):
+        time.sleep(0.1)
+    sys.exit(9)
+    """
+)
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> LocalProcessLauncher:
+    script = tmp_path / "stand_in_worker.py"
+    script.write_text(STAND_IN)
+    return LocalProcessLauncher(argv_prefix=(sys.executable, str(script)))
+
+
+@pytest.fixture
+def client(settings: Settings, stand_in: LocalProcessLauncher) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, stand_in)) as test_client:
+        yield test_client
+
+
+def row_counts(url: str) -> dict[str, int]:
+    """Rows per table, read with a fresh engine (independent of the app's sessions)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
+            return {
+                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in TABLES
+                if t in present
+            }
+    finally:
+        engine.dispose()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+# --- telemetry helpers ---------------------------------------------------------
+
+# Two blocks of three module types plus a head outside the blocks; ranks differ.
+MODULES = [
+    {"name": f"enc.{layer}.{kind}", "layer": layer, "type": kind, "shape": [8, 8], "rank": rank}
+    for layer in range(2)
+    for kind, rank in (("q", 3), ("v", 3), ("ffn", 5))
+] + [{"name": "pooler.dense", "layer": None, "type": "pooler.dense", "shape": [8, 8], "rank": 2}]
+
+
+def new_run(client: TestClient, register: bool = True, modules: list | None = None) -> int:
+    resp = client.post("/api/runs", json={"name": "t", "config": {"max_steps": 100}})
+    assert resp.status_code == 201, resp.text
+    run_id = resp.json()["id"]
+    if register:
+        body = {"modules": modules or MODULES, "total_steps": 100, "init_rank": 3, "target_rank": 2}
+        reg = client.post(f"/api/runs/{run_id}/register", json=body)
+        assert reg.status_code == 200, reg.text
+    return run_id
+
+
+def scores_record(step: int, modules: list | None = None) -> dict:
+    """Scores that encode (step, module, component) so any mix-up shows; every 3rd bit off."""
+    modules = modules or MODULES
+    values, masks = {}, {}
+    for m_i, m in enumerate(modules):
+        values[m["name"]] = [step + m_i / 100 + c / 10_000 for c in range(m["rank"])]
+        masks[m["name"]] = [0 if (step + m_i + c) % 3 == 0 else 1 for c in range(m["rank"])]
+    return {"step": step, "values": values, "masks": masks}
