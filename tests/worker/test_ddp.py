@@ -1,0 +1,56 @@
+"""DDP with torchrun: two CPU processes (gloo) train one job; only rank 0 reports and writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dora_core.telemetry import read_metrics
+from tests.conftest import free_port
+from tests.worker.conftest import tiny_job
+from tests.worker.fake_api import FakeApi
+
+pytestmark = pytest.mark.slow
+
+
+def test_torchrun_two_processes(tiny_bert, sentiment_csv, tmp_path) -> None:
+    # T = 60 steps of 2 x 8 examples; the mask freezes (and compacts, re-wrapping DDP) at 30.
+    job = tiny_job(tiny_bert, sentiment_csv, tmp_path / "run", max_steps=60, checkpoint_every=20)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    api = FakeApi().start()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DORA_API_URL": api.url}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={free_port()}", "-m", "dora_core.cli", "train",
+        str(tmp_path / "job.json"), "--no-progress",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        api.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    # Only rank 0 reported: one run, one registration, one contiguous stream.
+    assert len(api.runs) == 1
+    assert len(api.registrations) == 1
+    assert sorted(api.batches) == list(range(len(api.batches)))
+    records = read_metrics(run)
+    train_steps = [r["step"] for r in records if r["type"] == "scalars" and "loss" in r["values"]]
+    assert train_steps == list(range(1, 61))  # each step once, not once per rank
+    kinds = [r["kind"] for r in records if r["type"] == "event"]
+    assert kinds.count("started") == 1 and kinds.count("finished") == 1
+    assert kinds.count("mask_frozen") == 1
+    # Only rank 0 checkpointed (keeping the newest two) and wrote the artifacts.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-20", "step-40"]
+    split = json.loads((run / "split.json").read_text())
+    result = json.loads((run / "result.json").read_text())
+    assert result["total_steps"] == 60 and split["train_size"] == 192
+    assert sum(result["rank_pattern"].values()) == 2 * 12  # b(T) * L
+    # The dev set is evaluated across both ranks and gathered: all 48 examples count once.
+    assert result["dev_size"] == 48
+    correct = result["metrics"]["accuracy"] * 48
+    assert abs(correct - round(correct)) < 1e-9
