@@ -82,7 +82,7 @@ class Settings:
                 value = kind(raw)
             except ValueError:
                 raise SettingsError(
-                    f"{name}={raw!r} is not a {kind.__name__}; unset it or give a number"
+                    f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}; unset it or fix it"
                 ) from None
             if value <= 0:
                 raise SettingsError(f"{name}={raw!r} must be positive")
