@@ -318,14 +318,23 @@ def collate(examples: Encoded, indices: Sequence[int], pad_id: int) -> dict[str,
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+# Length grouping: sort this many global batches' worth of examples by length at a time.
+GROUP_BATCHES = 50
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """Which examples make micro-batch number g, on this rank.
 
-    Each epoch uses a permutation seeded by (seed, epoch). A global micro-batch
-    holds ``batch_size * world_size`` examples; rank r takes its contiguous
-    share. With one process the last short batch is kept; with several it is
-    dropped so that every rank runs the same number of steps.
+    Each epoch starts from a permutation seeded by (seed, epoch). With
+    ``lengths`` the permutation is cut into windows of GROUP_BATCHES global
+    batches, each window is sorted by length and cut into batches, and the
+    batch order is shuffled again: batches hold examples of similar length,
+    so dynamic padding wastes little (transformers' ``group_by_length``
+    idea), while the order stays a pure function of (seed, epoch). A global
+    micro-batch holds ``batch_size * world_size`` examples; rank r takes its
+    contiguous share. With one process the last short batch is kept; with
+    several it is dropped so that every rank runs the same number of steps.
     """
 
     num_examples: int
@@ -333,6 +342,7 @@ class BatchPlan:
     seed: int
     world_size: int = 1
     rank: int = 0
+    lengths: tuple[int, ...] | None = None
 
     @property
     def global_batch(self) -> int:
@@ -344,9 +354,23 @@ class BatchPlan:
             return math.ceil(self.num_examples / self.batch_size)
         return max(1, self.num_examples // self.global_batch)
 
-    def order(self, epoch: int) -> list[int]:
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global micro-batches of one epoch, in order."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_examples, generator=gen).tolist()
+        order = torch.randperm(self.num_examples, generator=gen).tolist()
+        size = self.global_batch
+        if self.lengths is not None:
+            window = size * GROUP_BATCHES
+            grouped = []
+            for i in range(0, len(order), window):
+                grouped += sorted(order[i : i + window], key=lambda j: -self.lengths[j])
+            order = grouped
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = batches[: self.per_epoch]  # drops the short one under DDP
+        if self.lengths is not None:
+            shuffle = torch.randperm(len(batches), generator=gen).tolist()
+            batches = [batches[j] for j in shuffle]
+        return batches
 
     def batches(self, start: int = 0) -> Iterator[tuple[int, list[int]]]:
         """Yield (g, indices) for micro-batches g = start, start+1, ... forever."""
@@ -355,16 +379,23 @@ class BatchPlan:
         while True:
             e, within = divmod(g, self.per_epoch)
             if e != epoch:
-                epoch, cached = e, self.order(e)
-            chunk = cached[within * self.global_batch : (within + 1) * self.global_batch]
+                epoch, cached = e, self.epoch_batches(e)
+            chunk = cached[within]
             share = math.ceil(len(chunk) / self.world_size)
             yield g, chunk[self.rank * share : (self.rank + 1) * share]
             g += 1
 
 
 def eval_batches(
-    num_examples: int, batch_size: int, world_size: int = 1, rank: int = 0
+    num_examples: int,
+    batch_size: int,
+    world_size: int = 1,
+    rank: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Dev set in order, strided over ranks (rank r gets examples r, r+W, ...)."""
+    """Dev set strided over ranks (rank r gets examples r, r+W, ...), longest first when
+    ``lengths`` are given (less padding; the caller restores the order by index)."""
     mine = list(range(rank, num_examples, world_size))
+    if lengths is not None:
+        mine.sort(key=lambda i: -lengths[i])
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -45,7 +45,8 @@ def evaluate(
     model.eval()
     world, rank = ddp.world_size(), ddp.rank()
     indices, preds, losses = [], [], []
-    for batch_idx in eval_batches(len(dev), batch_size, world, rank):
+    lengths = [len(ids) for ids in dev.input_ids]
+    for batch_idx in eval_batches(len(dev), batch_size, world, rank, lengths):
         batch = {k: v.to(device) for k, v in collate(dev, batch_idx, pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")

@@ -203,8 +203,9 @@ class Worker:
 
     # --- one optimizer step -------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[int, list[int]]]:
+        lengths = tuple(len(ids) for ids in self.train_data.input_ids)
         plan = BatchPlan(
-            len(self.train_data), self.job.batch_size, self.job.seed, ddp.world_size(), ddp.rank()
+            len(lengths), self.job.batch_size, self.job.seed, ddp.world_size(), ddp.rank(), lengths
         )
         return plan.batches(start=self.step * self.job.grad_accum)
 

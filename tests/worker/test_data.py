@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 
 from dora_core.data import (
     BatchPlan,
@@ -132,6 +133,27 @@ def test_resuming_at_a_micro_batch_continues_the_same_order() -> None:
     head = [next(straight) for _ in range(20)]
     resumed = plan.batches(start=13)
     assert [next(resumed) for _ in range(7)] == head[13:]
+
+
+def test_length_grouping_keeps_the_epoch_and_cuts_padding() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = tuple(torch.randint(1, 100, (1000,), generator=gen).tolist())
+    grouped = BatchPlan(1000, 10, seed=5, lengths=lengths)
+    plain = BatchPlan(1000, 10, seed=5)
+
+    def padding(plan: BatchPlan) -> int:
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+            for b in plan.epoch_batches(0)
+        )
+
+    assert sorted(i for b in grouped.epoch_batches(0) for i in b) == list(range(1000))
+    assert padding(grouped) * 10 < padding(plain)
+    assert grouped.epoch_batches(1) != grouped.epoch_batches(0)
+    straight = grouped.batches()
+    head = [next(straight) for _ in range(150)]
+    resumed = grouped.batches(start=90)  # crosses into epoch 1 (100 batches per epoch)
+    assert [next(resumed) for _ in range(60)] == head[90:150]
 
 
 def test_ranks_take_disjoint_equal_shares() -> None:
