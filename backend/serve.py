@@ -1,11 +1,14 @@
 """`make run`: start the API and the dashboard on loopback, optionally a demo job.
 
-Both servers run as child processes so that Ctrl-C stops everything cleanly.
+Both servers run as child processes in their own sessions: Ctrl-C reaches only
+this process, which cancels the demo job while the API is still up and then
+stops the servers in order.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -48,19 +51,34 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
     return False
 
 
-def _start_demo(api: str) -> None:
+def _auth() -> dict[str, str]:
+    token = os.environ.get("DORA_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _start_demo(api: str) -> int | None:
+    """Launch the demo job; its run id, so that Ctrl-C can cancel it again."""
     try:
-        resp = httpx.post(f"{api}/api/jobs", json=DEMO_JOB, timeout=30.0)
+        resp = httpx.post(f"{api}/api/jobs", json=DEMO_JOB, headers=_auth(), timeout=30.0)
     except httpx.HTTPError as exc:
         print(f"demo job not started: {exc}")
-        return
-    if resp.status_code == 404:
-        print("demo job skipped: this API has no /api/jobs endpoint yet")
-    elif resp.is_success:
-        run = resp.json()
-        print(f"demo job started: run {run.get('run_id', run.get('id'))}")
-    else:
-        print(f"demo job not started ({resp.status_code}): {resp.text[:300]}")
+        return None
+    if resp.is_success:
+        run_id = resp.json()["run_id"]
+        print(f"demo job started: run {run_id}")
+        return run_id
+    print(f"demo job not started ({resp.status_code}): {resp.text[:300]}")
+    return None
+
+
+def _cancel_demo(api: str, run_id: int) -> None:
+    """Jobs outlive an API restart on purpose; the demo is ours, so it stops with us."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(), timeout=10.0)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "--demo", action="store_true", help="launch a demo DoRA job once the API is up"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops cleanly too
 
     for port in (args.api_port, args.dash_port):
         if not _port_free(args.host, port):
@@ -90,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         **os.environ,
         "DORA_API_URL": api,
+        "DORA_API_HOST": args.host,
+        "DORA_API_PORT": str(args.api_port),
         "DORA_DASH_HOST": args.host,
         "DORA_DASH_PORT": str(args.dash_port),
     }
@@ -108,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                 "warning",
             ],
             env=env,
+            start_new_session=True,
         ),
-        subprocess.Popen([sys.executable, "-m", "dashboard.app"], env=env),
+        subprocess.Popen([sys.executable, "-m", "dashboard.app"], env=env, start_new_session=True),
     ]
+    demo_run = None
     try:
         if not _wait_http(f"{api}/api/health", procs[0]):
             print("error: the API did not come up; see its log above", file=sys.stderr)
@@ -123,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if args.demo:
-            _start_demo(api)
+            demo_run = _start_demo(api)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a server exited; stopping", file=sys.stderr)
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping...")
         return 0
     finally:
+        if demo_run is not None and procs[0].poll() is None:
+            _cancel_demo(api, demo_run)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

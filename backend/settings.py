@@ -37,7 +37,7 @@ class Settings:
     # A job's model/dataset that is not a preset must lie inside one of these.
     model_roots: tuple[Path, ...] = ()
     dataset_roots: tuple[Path, ...] = ()
-    # URL handed to workers; empty: http://<host>:<port> (loopback for 0.0.0.0).
+    # URL handed to workers (DORA_API_URL); empty: http://<host>:<port>, loopback for 0.0.0.0.
     api_url: str = ""
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
@@ -106,7 +106,7 @@ class Settings:
             max_body_bytes=int(number("DORA_MAX_BODY_BYTES", 8 * 1024 * 1024, int)),
             model_roots=paths("DORA_MODEL_ROOTS"),
             dataset_roots=paths("DORA_DATASET_ROOTS"),
-            api_url=env.get("DORA_WORKER_API_URL", ""),
+            api_url=env.get("DORA_API_URL", ""),
             cancel_grace_s=number("DORA_CANCEL_GRACE_S", 15.0),
         )
 
