@@ -42,6 +42,7 @@ class DoraLayer(nn.Module):
         self.init_rank = init_rank
         self.scaling = alpha / init_rank
         self.merged = False
+        self.gated = False  # True while some current row has gate 0 (frozen, not compacted)
         weight = base_layer.weight
         dtype = weight.dtype if weight.is_floating_point() else torch.float32
         kwargs = {"device": weight.device, "dtype": dtype}
@@ -76,7 +77,8 @@ class DoraLayer(nn.Module):
 
     def effective_gate(self) -> Tensor:
         """s * c * g per current row: what multiplies each component in the forward."""
-        return self.dora_c * self.gate * self.scaling
+        gate = self.dora_c * self.scaling
+        return gate * self.gate if self.gated else gate
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         out = self.base_layer(x, *args, **kwargs)
@@ -85,8 +87,13 @@ class DoraLayer(nn.Module):
         # A layer compacted to rank 0 still runs (on empty factors) so that DDP
         # sees every parameter used and needs no find_unused_parameters.
         hidden = F.linear(self.dropout(x).to(self.dora_A.dtype), self.dora_A)
-        update = F.linear(hidden * self.effective_gate(), self.dora_B)
-        return out + update.to(out.dtype)
+        hidden = hidden * self.effective_gate()
+        if out.dtype != hidden.dtype:
+            return out + F.linear(hidden, self.dora_B).to(out.dtype)
+        # out + hidden @ B^T in one fused call (saves a pass over the output).
+        flat = out.reshape(-1, out.shape[-1])
+        fused = torch.addmm(flat, hidden.reshape(flat.shape[0], self.rank), self.dora_B.T)
+        return fused.view(out.shape)
 
     def delta_weight(self) -> Tensor:
         """The update s * B diag(c * g) A in the base weight's layout."""
@@ -121,6 +128,11 @@ class DoraLayer(nn.Module):
         live = self.mask[self.index]
         self.gate.copy_(live.to(self.gate.dtype))
         self.dora_c.masked_fill_(~live, 0.0)
+        self.refresh_gated()
+
+    def refresh_gated(self) -> None:
+        """Note whether the gate is needed in the forward (skipped while all ones)."""
+        self.gated = bool((self.gate != 1).any())
 
     @torch.no_grad()
     def compact_rows(self, rows: Tensor) -> None:
@@ -137,6 +149,7 @@ class DoraLayer(nn.Module):
             param.grad = None
         self.gate = self.gate.index_select(0, rows)
         self.index = self.index.index_select(0, rows)
+        self.refresh_gated()
 
     def extra_repr(self) -> str:
         d_out, d_in = self.shape

@@ -321,6 +321,7 @@ class DoraTuner:
                 saved = state["modules"][name]
                 for key in ("ema", "mask", "gate", "index"):
                     getattr(layer, key).copy_(saved[key])
+                layer.refresh_gated()
             weights = state["weights"]
             for name, param in self.named_parameters():
                 if name not in weights or weights[name].shape != param.shape:

@@ -1,0 +1,230 @@
+"""Optimizer-step time on MiniLM: DoRA vs PEFT LoRA and PEFT AdaLoRA.
+
+One step = forward + loss (+ regulariser) + backward + grad clip + AdamW step
++ the method's per-step work (DoRA: tuner.step(); AdaLoRA:
+update_and_allocate()) + zero_grad. Batches of 16 real Rotten Tomatoes
+snippets, padded to the longest in the batch, the same sequence for every
+method. Runs are interleaved (each round runs every method for a few steps,
+in a rotating order) and reported as medians; ratios come from the same run.
+
+    .venv/bin/python bench/step.py [--rounds 12] [--steps 3] [--threads N]
+
+Methods, all on the same 36 projections (query/key/value/attention.output/
+intermediate/output dense) with the classifier trained fully:
+  dora-pruning  r' = 12, inside the pruning phase (EMA every step, an event every 10)
+  dora-frozen   after the mask froze at b(T) = 8 and the layers were compacted
+  lora-r12      PEFT LoRA at r = r' = 12
+  lora-r8       PEFT LoRA at r = b(T) = 8
+  adalora       PEFT AdaLoRA init_r = 12, target_r = 8, inside its budgeting phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dora_core import DoraConfig, inject
+from dora_core.presets import DATASETS, MODELS
+from dora_core.targets import DEFAULT_TARGETS
+
+TARGETS = DEFAULT_TARGETS["bert"]
+BATCH, R_INIT, R_TARGET, ALPHA, DROPOUT, LR = 16, 12, 8, 8.0, 0.1, 5e-4
+
+
+def load_batches(count: int) -> list[dict[str, torch.Tensor]]:
+    from transformers import AutoTokenizer
+
+    path = DATASETS["rt-snippets"].path()
+    if path is None:
+        sys.exit(f"rt-snippets missing: {DATASETS['rt-snippets'].install_hint}")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))[1 : count * BATCH + 1]
+    tokenizer = AutoTokenizer.from_pretrained(MODELS["minilm"].path())
+    batches = []
+    for i in range(0, len(rows), BATCH):
+        chunk = rows[i : i + BATCH]
+        enc = tokenizer(
+            [r[2] for r in chunk],
+            padding=True,
+            truncation=True,
+            max_length=128,
+            return_tensors="pt",
+        )
+        enc["labels"] = torch.tensor([int(float(r[1]) > 0) for r in chunk])
+        batches.append(dict(enc))
+    return batches
+
+
+def base_model():
+    from transformers import AutoModelForSequenceClassification
+
+    path = MODELS["minilm"].path()
+    if path is None:
+        sys.exit(f"minilm missing: {MODELS['minilm'].install_hint}")
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
+
+
+class Runner:
+    """A model, its optimizer and the method's own per-step hook."""
+
+    def __init__(self, model, params, loss_extra=None, after_step=None):
+        self.model = model
+        self.params = [p for p in params if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.01)
+        self.loss_extra: Callable[[], torch.Tensor] | None = loss_extra
+        self.after_step = after_step
+        self.steps = 0
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        loss = self.model(**batch).loss
+        if self.loss_extra is not None:
+            loss = loss + self.loss_extra()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.steps += 1
+        if self.after_step is not None:
+            self.after_step(self)
+        self.opt.zero_grad(set_to_none=True)
+
+
+def dora(total_steps: int, warmup_frac: float, final_frac: float, interval: int) -> Runner:
+    model = base_model()
+    cfg = DoraConfig(
+        total_steps=total_steps,
+        target_rank=R_TARGET,
+        init_rank=R_INIT,
+        alpha=ALPHA,
+        dropout=DROPOUT,
+        warmup_frac=warmup_frac,
+        final_frac=final_frac,
+        prune_interval=interval,
+        target_modules=TARGETS,
+    )
+    tuner = inject(model, cfg)
+    runner = Runner(model, tuner.parameters(), tuner.regularization)
+    runner.after_step = lambda r: tuner.step(r.opt)
+    runner.tuner = tuner
+    return runner
+
+
+def lora(rank: int) -> Runner:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=ALPHA,
+        lora_dropout=DROPOUT,
+        target_modules=TARGETS,
+        modules_to_save=["classifier"],
+    )
+    model = get_peft_model(base_model(), cfg)
+    return Runner(model, model.parameters())
+
+
+def adalora() -> Runner:
+    from peft import AdaLoraConfig, get_peft_model
+
+    cfg = AdaLoraConfig(
+        init_r=R_INIT,
+        target_r=R_TARGET,
+        lora_alpha=ALPHA,
+        lora_dropout=DROPOUT,
+        target_modules=TARGETS,
+        modules_to_save=["classifier"],
+        total_step=100_000,
+        tinit=0,
+        tfinal=50_000,
+        deltaT=10,
+    )
+    model = get_peft_model(base_model(), cfg)
+    runner = Runner(model, model.parameters())
+    runner.after_step = lambda r: model.base_model.update_and_allocate(r.steps)
+    return runner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per method per round")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pool = load_batches(24)
+    print(f"MiniLM, batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    runners = {
+        # Pruning phase from step 0 to 50k: EMA every step, an event every 10 steps.
+        "dora-pruning": dora(100_000, 0.0, 0.5, 10),
+        # Mask frozen at step 10 (t_i 3, events every 2 steps), then compacted.
+        "dora-frozen": dora(20, 0.15, 0.5, 2),
+        "lora-r12": lora(R_INIT),
+        "lora-r8": lora(R_TARGET),
+        "adalora": adalora(),
+    }
+    for name, runner in tqdm(runners.items(), desc="warm-up"):
+        warm = 12 if name == "dora-frozen" else 3
+        for i in range(warm):
+            runner.step(pool[i % len(pool)])
+    frozen = runners["dora-frozen"].tuner
+    assert frozen.compacted, "dora-frozen should be compacted after its warm-up"
+    live = sum(frozen.rank_pattern().values())
+    print(
+        f"dora-frozen: {live} live components over {len(frozen.layers)} layers (b(T) = {live / len(frozen.layers):g})"
+    )
+
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    cursor = 0
+    for rnd in tqdm(range(args.rounds), desc="rounds"):
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
+        for name in order:
+            samples = []
+            for _ in range(args.steps):
+                batch = pool[cursor % len(pool)]
+                cursor += 1
+                start = time.perf_counter()
+                runners[name].step(batch)
+                samples.append(time.perf_counter() - start)
+            times[name] += samples
+            per_round[name].append(statistics.mean(samples))
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"\n{'method':14} {'median step':>12} {'steps timed':>12}")
+    for name in names:
+        print(f"{name:14} {median[name] * 1e3:9.1f} ms {len(times[name]):12d}")
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+    checks = [
+        ("dora-pruning", "lora-r12", 1.10),
+        ("dora-frozen", "lora-r8", 1.05),
+        ("dora-pruning", "adalora", 1.00),
+    ]
+    print(f"\n{'ratio':28} {'of medians':>10} {'paired/round':>13} {'target':>8}")
+    for a, b, target in checks:
+        ratio, pair = median[a] / median[b], paired(a, b)
+        verdict = "met" if ratio <= target else "MISSED"
+        print(f"{a + ' / ' + b:28} {ratio:10.3f} {pair:13.3f} {'<= ' + str(target):>8} {verdict}")
+
+
+if __name__ == "__main__":
+    main()
