@@ -1,0 +1,62 @@
+"""The two model presets, loaded from their offline packages (slow: real weights)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dora_core.jobconfig import parse_job_config
+from dora_core.presets import DATASETS, MODELS
+from dora_core.train.loop import Telemetry, train
+from tests.worker.fake_api import FakeApi
+
+pytestmark = pytest.mark.slow
+
+
+def run_preset(model: str, tmp_path, **overrides):
+    for preset in (MODELS[model], DATASETS["rt-snippets"]):
+        if not preset.available:
+            pytest.skip(f"{preset.name} is not installed ({preset.install_hint})")
+    job = {
+        "model": model,
+        "dataset": "rt-snippets",
+        "max_train_samples": 32,
+        "max_dev_samples": 16,
+        "max_length": 24,
+        "batch_size": 4,
+        "max_steps": 4,
+        "target_rank": 2,
+        "prune_interval": 1,
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        **overrides,
+    }
+    api = FakeApi().start()
+    try:
+        outcome = train(parse_job_config(job), telemetry=Telemetry(api_url=api.url), progress=False)
+    finally:
+        api.stop()
+    return outcome, api.registrations[0][1]
+
+
+def test_minilm_preset(tmp_path) -> None:
+    outcome, body = run_preset("minilm", tmp_path)
+    assert outcome.status == "completed"
+    modules = body["modules"]
+    assert len(modules) == 6 * 6  # 6 blocks x (q, k, v, attention.output, intermediate, output)
+    assert {m["layer"] for m in modules} == set(range(6))
+    shapes = {m["type"]: m["shape"] for m in modules}
+    assert shapes["attention.self.query"] == [384, 384]
+    assert shapes["intermediate.dense"] == [1536, 384] and shapes["output.dense"] == [384, 1536]
+    assert body["params"]["total"] > 22_000_000
+    assert sum(outcome.result["rank_pattern"].values()) == 2 * 36
+
+
+def test_smollm2_gguf_preset_as_a_decoder_classifier(tmp_path) -> None:
+    outcome, body = run_preset("smollm2-135m", tmp_path, max_steps=2, batch_size=2, max_length=16)
+    assert outcome.status == "completed"
+    modules = body["modules"]
+    assert len(modules) == 30 * 7  # 30 blocks x (q, k, v, o, gate, up, down)
+    assert modules[0]["name"] == "model.layers.0.self_attn.q_proj"
+    assert modules[0]["shape"] == [576, 576]
+    assert body["params"]["head"] == 576 * 2  # the score head, no bias
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
