@@ -23,6 +23,8 @@ DIFF_COLORSCALE = "RdBu"
 # Drawn over pruned cells of the importance heatmap: washes them out.
 PRUNED_OVERLAY = "rgba(255,255,255,0.72)"
 PHASE_FILL = "rgba(255,153,51,0.14)"
+# above the plot on the left, clear of the mode bar on the right
+LEGEND = {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"}
 SERIES_COLORS = ["#1f5fa8", "#d1495b", "#2a9d8f", "#e9a23b", "#6a4c93", "#5c677d"]
 
 
@@ -31,15 +33,19 @@ def _text(value: object) -> str:
     return html.escape(str(value), quote=False)
 
 
-def _base_layout(fig: go.Figure, title: str | None = None, height: int = 380) -> go.Figure:
+def _base_layout(
+    fig: go.Figure, title: str | None = None, height: int = 380, uirevision: str = "data"
+) -> go.Figure:
     fig.update_layout(
         template="plotly_white",
         title={"text": title, "x": 0.01, "font": {"size": 15}} if title else None,
         height=height,
-        margin={"l": 60, "r": 20, "t": 48 if title else 16, "b": 48},
+        margin={"l": 60, "r": 20, "t": 56 if title else 36, "b": 48},
         font={"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
         hoverlabel={"font": {"size": 12}},
-        uirevision="keep",  # live updates keep the user's zoom
+        # live updates keep the user's zoom; a placeholder has another
+        # revision, so the first real figure's axes (e.g. reversed) apply
+        uirevision=uirevision,
     )
     return fig
 
@@ -58,7 +64,7 @@ def empty_figure(message: str, height: int = 260) -> go.Figure:
     )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _base_layout(fig, height=height)
+    return _base_layout(fig, height=height, uirevision="placeholder")
 
 
 # --- rank heatmap -------------------------------------------------------------
@@ -213,7 +219,7 @@ def budget_figure(
         fig.update_xaxes(range=[0, total_steps])
     fig.update_xaxes(title="step")
     fig.update_yaxes(title=unit, rangemode="tozero")
-    fig.update_layout(legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
+    fig.update_layout(legend=LEGEND)
     return _base_layout(fig, title)
 
 
@@ -315,8 +321,11 @@ def curves_figure(
     title: str | None = None,
     y_title: str = "",
     empty_message: str = "No data yet.",
+    right_axis: Sequence[str] = (),
 ) -> go.Figure:
-    """One line per key, in ``keys`` order (trace i = keys[i], for live extension)."""
+    """One line per key that has data, in ``keys`` order (the run page extends
+    trace i with the i-th such key). Keys in ``right_axis`` (a learning rate
+    next to gradient norms) get their own scale on the right."""
     present = [k for k in keys if k in series]
     if not present:
         return empty_figure(empty_message)
@@ -331,12 +340,24 @@ def curves_figure(
                 mode="lines+markers" if points <= 30 else "lines",
                 line={"color": SERIES_COLORS[i % len(SERIES_COLORS)], "width": 2},
                 hovertemplate=f"{_text(key)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
+                yaxis="y2" if key in right_axis else "y",
             )
         )
     fig = go.Figure(traces)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title=y_title)
-    fig.update_layout(legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
+    right = [k for k in present if k in right_axis]
+    if right:
+        fig.update_layout(
+            yaxis2={
+                "title": ", ".join(_text(k) for k in right),
+                "overlaying": "y",
+                "side": "right",
+                "showgrid": False,
+                "exponentformat": "e",
+            }
+        )
+    fig.update_layout(legend=LEGEND)
     return _base_layout(fig, title, height=320)
 
 
@@ -465,5 +486,5 @@ def type_totals_figure(items: Sequence[tuple[str, dict]], title: str | None = No
     fig.update_layout(barmode="group")
     fig.update_xaxes(tickangle=-25)
     fig.update_yaxes(title="live components (all layers)")
-    fig.update_layout(legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
+    fig.update_layout(legend=LEGEND)
     return _base_layout(fig, title, height=340)

@@ -9,6 +9,7 @@ last step has been drawn.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
@@ -18,7 +19,8 @@ from dashboard import components as ui
 from dashboard import figures, live
 from dashboard.api import ApiClient, ApiError
 
-POLL_MS = 1500
+# how often a live run is polled; lower it (ms) to see fast jobs in more frames
+POLL_MS = int(os.environ.get("DORA_DASH_POLL_MS", "1500"))
 PLAY_MS = 600
 MAX_SCORE_POINTS = 400
 MAX_SCALAR_POINTS = 1000
@@ -27,8 +29,10 @@ LOG_TAIL = 15
 SCALAR_PLOTS = (
     ("loss", "Loss", "loss", "No loss reported yet."),
     ("metrics", "Dev metrics", "", "No evaluation yet: metrics appear at each eval step."),
-    ("optimizer", "Optimiser", "", "No optimiser scalars yet."),
+    ("optimizer", "Optimiser", "gradient norm", "No optimiser scalars yet."),
 )
+# small next to the others: drawn on their own scale on the right
+RIGHT_AXIS = ("dem", "lr")
 
 
 # --- pure pieces ------------------------------------------------------------
@@ -385,8 +389,8 @@ def scalars(client: ApiClient, run: dict, cursor: dict | None) -> tuple[Any, Any
         except ApiError as err:
             return (*(figures.empty_figure(err.message) for _ in SCALAR_PLOTS), None)
         figs = [
-            figures.curves_figure(series, groups[group], title, y_title, empty)
-            for group, title, y_title, empty in SCALAR_PLOTS
+            figures.curves_figure(series, groups[group], None, y_title, empty, RIGHT_AXIS)
+            for group, _title, y_title, empty in SCALAR_PLOTS
         ]
         last = {k: s["steps"][-1] for k, s in series.items() if s["steps"]}
         drawn = {group: [k for k in groups[group] if k in series] for group, *_ in SCALAR_PLOTS}

@@ -70,6 +70,8 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "DORA_DATA_DIR": str(data),
         "DORA_API_HOST": "127.0.0.1",
         "DORA_API_PORT": str(port),  # the launcher tells workers where to report
+        # workers inherit this: two jobs on two cores, one thread each, no oversubscription
+        "OMP_NUM_THREADS": "1",
     }
     env.pop("DORA_API_TOKEN", None)
     env.pop("DATABASE_URL", None)

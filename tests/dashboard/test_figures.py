@@ -164,6 +164,18 @@ def test_curves_figure_keeps_key_order_and_skips_missing_keys() -> None:
     assert len(figures.curves_figure({}, ["loss"], "Loss").data) == 0
 
 
+def test_curves_figure_puts_small_series_on_a_right_axis() -> None:
+    series = {
+        "grad_norm": {"steps": [1, 2], "values": [0.9, 1.1]},
+        "lr": {"steps": [1, 2], "values": [1e-4, 2e-4]},
+    }
+    fig = figures.curves_figure(series, ["grad_norm", "lr"], right_axis=("lr",))
+    assert [t.yaxis for t in fig.data] == ["y", "y2"]
+    assert fig.layout.yaxis2.overlaying == "y" and fig.layout.yaxis2.side == "right"
+    assert fig.layout.yaxis2.title.text == "lr"
+    assert "yaxis2" not in figures.curves_figure(series, ["grad_norm"]).to_plotly_json()["layout"]
+
+
 def test_compare_heatmaps_share_one_colour_scale() -> None:
     small = {
         "step": 50,

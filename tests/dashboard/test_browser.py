@@ -1,0 +1,325 @@
+"""The dashboard in a real browser against the real API and real training jobs.
+
+Headless Chromium fills the New-job form for a tiny DoRA job (first with a
+bad learning rate, to see the API's 422 next to the field), submits it,
+watches the rank heatmap change while the job trains, downloads the adapter,
+and opens Compare for it and a LoRA run trained alongside. A run name full
+of HTML/JS must show as text everywhere and never run.
+
+Screenshots of the pages go to a temp dir, or to docs/screenshots/ with
+DORA_UPDATE_SCREENSHOTS=1 (how the README's images are made).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dashboard.api import ApiClient
+from tests.conftest import REPO_ROOT, free_port
+from tests.dashboard.conftest import _stop, start_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+EVIL_NAME = '<img src=x onerror="window.__xss=1">tiny <b>dora</b>'
+# small enough for well under a minute on two cores, long enough to see
+# pruning: T = 24, pruning from step 2.4 to step 19.2, an event at every step
+TINY = {
+    "model": "minilm",
+    "dataset": "rt-snippets",
+    "max_steps": 24,
+    "warmup_frac": 0.1,
+    "final_frac": 0.2,
+    "batch_size": 4,
+    "max_length": 16,
+    "max_train_samples": 32,
+    "max_dev_samples": 8,
+    "eval_every": 12,
+    "prune_interval": 1,
+    "lr": 0.005,
+    "seed": 3,
+}
+# the LoRA baseline for Compare does not prune: a few steps are enough
+TINY_LORA = {**TINY, "method": "lora", "target_rank": 2, "max_steps": 6, "eval_every": 6}
+LIVE_STATUSES = {"queued", "running"}
+
+
+def _missing_browser() -> str | None:
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not Path(path).exists():
+            return f"{path} not found: install Debian's {package} (make test does, as root)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def dash_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DORA_API_URL": api_url,
+        "DORA_DASH_HOST": "127.0.0.1",
+        "DORA_DASH_PORT": str(port),
+        "DORA_DASH_POLL_MS": "500",  # several frames even when the tiny job is quick
+    }
+    env.pop("DORA_API_TOKEN", None)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("dash") / "dash.log"
+    proc = start_server(["-m", "dashboard.app"], env, f"{url}/", log)
+    yield url
+    _stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    reason = _missing_browser()
+    if reason:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        "--window-size=1440,900",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("DORA_UPDATE_SCREENSHOTS") == "1":
+        out = REPO_ROOT / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.25
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def screenshot(driver: Any, path: Path) -> None:
+    """The whole page, not just the window."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1440, min(max(height, 900), 4000))
+    time.sleep(0.6)  # plotly relayouts after a resize
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1440, 900)
+
+
+def fill(driver: Any, field: str, value: str) -> None:
+    """Replace what a form input holds (select-all + type, as a person does)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, f"job-{field}")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(value)
+
+
+def text_of(driver: Any, selector: str) -> str:
+    """Visible text of the first match, read in one step (pages re-render while we look)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", selector
+    )
+
+
+def shown(driver: Any, selector: str) -> bool:
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        "return !!e && getComputedStyle(e).display !== 'none';",
+        selector,
+    )
+
+
+def heatmap_z(driver: Any) -> str | None:
+    """The rank heatmap's cells as plotly holds them in the page (JSON), if drawn."""
+    return driver.execute_script(
+        "const gd = document.querySelector('#run-heatmap .js-plotly-plot');"
+        "return gd && gd.data && gd.data.length && gd.data[0].type === 'heatmap'"
+        " ? JSON.stringify(gd.data[0].z) : null;"
+    )
+
+
+def no_script_ran(driver: Any) -> None:
+    assert driver.execute_script("return window.__xss === undefined"), "a run name ran as HTML"
+    assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+
+
+def test_launch_watch_download_and_compare(
+    api_url: str, dash_url: str, browser: Any, shots: Path
+) -> None:
+
+    api = ApiClient(api_url, token="")
+    # a LoRA baseline trains alongside, through the API, for Compare later
+    lora_id = api.submit_job({**TINY_LORA, "name": "tiny lora"})["run_id"]
+    try:
+        _run_the_scenario(api, dash_url, browser, shots, lora_id)
+    finally:
+        for run in api.all_runs():
+            if run["status"] in LIVE_STATUSES:
+                api.cancel_job(run["id"])
+        api.close()
+
+
+def _run_the_scenario(
+    api: ApiClient, dash_url: str, driver: Any, shots: Path, lora_id: int
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    # --- New job form: a 422 shown next to its field, then a good submit ---
+    driver.get(f"{dash_url}/?new=1")
+    wait_for("the job form", lambda: driver.find_elements(By.ID, "job-submit"))
+    fill(driver, "name", EVIL_NAME)
+    fill(driver, "target_rank", "2")
+    fill(driver, "max_steps", str(TINY["max_steps"]))
+    fill(driver, "batch_size", str(TINY["batch_size"]))
+    fill(driver, "seed", str(TINY["seed"]))
+    fill(driver, "lr", "-1")
+    driver.find_element(By.CSS_SELECTOR, "#job-advanced summary").click()
+    for field in (
+        "warmup_frac",
+        "final_frac",
+        "max_length",
+        "max_train_samples",
+        "max_dev_samples",
+        "eval_every",
+        "prune_interval",
+    ):
+        fill(driver, field, str(TINY[field]))
+    driver.find_element(By.ID, "job-submit").click()
+    message = wait_for("the lr error next to the field", lambda: text_of(driver, "#job-error-lr"))
+    assert "greater than 0" in message
+    assert re.fullmatch(r"/", driver.execute_script("return location.pathname"))
+    screenshot(driver, shots / "new-job.png")
+    fill(driver, "lr", str(TINY["lr"]))
+    driver.find_element(By.ID, "job-submit").click()
+    path = wait_for(
+        "the run page after submit",
+        lambda: re.fullmatch(r"/runs/(\d+)", driver.execute_script("return location.pathname")),
+    )
+    run_id = int(path.group(1))
+    config = api.run(run_id)["config"]
+    assert config["name"] == EVIL_NAME and config["target_rank"] == 2 and config["lr"] == TINY["lr"]
+    assert config["max_train_samples"] == TINY["max_train_samples"]
+    assert (config["warmup_frac"], config["final_frac"]) == (
+        TINY["warmup_frac"],
+        TINY["final_frac"],
+    )
+
+    # --- the rank heatmap changes while the job trains ---
+    seen: list[str] = []
+
+    def heatmap_changed_while_running() -> bool:
+        z = heatmap_z(driver)
+        running = api.run(run_id)["status"] == "running"
+        if z and running and (not seen or seen[-1] != z):
+            seen.append(z)
+        return len(seen) >= 2
+
+    wait_for(
+        "two different rank heatmaps while the run is running", heatmap_changed_while_running, 150
+    )
+    first, later = json.loads(seen[0]), json.loads(seen[-1])
+    live_first = sum(v for row in first for v in row if v is not None)
+    live_later = sum(v for row in later for v in row if v is not None)
+    assert live_later < live_first, "pruning lowers the live count"
+    assert text_of(driver, "#run-name") == EVIL_NAME
+    no_script_ran(driver)
+    screenshot(driver, shots / "run-live.png")
+
+    # --- it finishes; the poll stops; the adapter downloads through the dashboard ---
+    wait_for(
+        "the run to complete", lambda: text_of(driver, "#run-status .badge") == "completed", 150
+    )
+    wait_for(
+        "the download link", lambda: driver.find_element(By.ID, "run-download").is_displayed(), 20
+    )
+    href = driver.find_element(By.ID, "run-download").get_attribute("href")
+    body = httpx.get(href, timeout=30).content
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        assert any(n.endswith("adapter_config.json") for n in zf.namelist())
+    final = json.loads(wait_for("the final heatmap", lambda: heatmap_z(driver)))
+    matrix = api.rank_matrix(run_id)
+    assert final == matrix["live"]  # the page shows what the API holds at the end
+    screenshot(driver, shots / "run.png")
+
+    # --- runs table: the name is text there too ---
+    driver.get(f"{dash_url}/")
+    wait_for("the runs table", lambda: driver.find_elements(By.CSS_SELECTOR, "#runs-table td.name"))
+    names = driver.execute_script(
+        "return [...document.querySelectorAll('#runs-table td.name')].map(e => e.innerText);"
+    )
+    assert EVIL_NAME in names
+    no_script_ran(driver)
+
+    # --- Compare: the DoRA run and the LoRA baseline, both finished ---
+    wait_for("the LoRA run to complete", lambda: api.run(lora_id)["status"] == "completed", 150)
+    driver.get(f"{dash_url}/")
+    wait_for("the LoRA run in the table", lambda: "tiny lora" in text_of(driver, "#runs-table"))
+    screenshot(driver, shots / "runs.png")
+    driver.get(f"{dash_url}/compare?runs={run_id},{lora_id}")
+    wait_for(
+        "the compare heatmaps",
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#compare-heatmaps .js-plotly-plot"),
+    )
+    heat = driver.execute_script(
+        "return document.querySelector('#compare-heatmaps .js-plotly-plot').data.map(t => t.z);"
+    )
+    assert heat[0] == final
+    # LoRA keeps rank b(T) = 2 everywhere
+    assert {v for row in heat[1] for v in row if v is not None} == {2}
+    diff = driver.execute_script(
+        "return document.querySelector('#compare-diff-0 .js-plotly-plot').data[0].z;"
+    )
+    assert diff == [
+        [b - a for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(final, heat[1], strict=True)
+    ]
+    table = text_of(driver, "#compare-content table")
+    assert EVIL_NAME in table and "tiny lora" in table and "LoRA" in table
+    no_script_ran(driver)
+    screenshot(driver, shots / "compare.png")
+
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
