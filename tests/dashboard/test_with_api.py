@@ -6,12 +6,16 @@ reported), worked out by hand here, never from the dashboard's own output.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from dash import no_update
 
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, jobform, run, runs
+from tests.conftest import free_port
 from tests.dashboard import simulate
+from tests.dashboard.conftest import _stop, start_server
 from tests.dashboard.helpers import apply_patch, graphs, texts
 from tests.dashboard.simulate import SimulatedRun
 
@@ -167,3 +171,68 @@ def test_download_without_an_adapter_says_why(api_url: str, client: ApiClient) -
     resp = run.download_route(client, sim.id)
     assert resp.status_code == 404
     assert "adapter" in resp.get_data(as_text=True)
+
+
+def test_failed_run_shows_its_error_line(api_url: str, client: ApiClient) -> None:
+    sim = SimulatedRun(api_url)
+    sim.post([0, 5])
+    error = "RuntimeError: <b>boom</b> at step 5"
+    resp = sim.http.post(
+        f"/api/runs/{sim.id}/telemetry",
+        json={"seq": sim.seq, "events": [{"step": 5, "kind": "failed", "message": error}]},
+    )
+    resp.raise_for_status()
+    state = client.run(sim.id)
+    status, cancel_style, _download, failure = run.header(client, state)
+    assert state["status"] == "failed"
+    assert error in texts(failure)  # as text, with its HTML shown, not rendered
+    assert cancel_style == {"display": "none"}  # nothing left to cancel
+    assert "failed" in texts(status)
+
+
+def test_submit_opens_the_new_run_and_cancel_stops_it(api_url: str, client: ApiClient) -> None:
+    schema = client.job_schema()
+    path, fields, general = jobform.submit(
+        client,
+        schema,
+        {"name": "cancel me", "max_steps": "500", "max_train_samples": "16", "seed": "1"},
+    )
+    assert (fields, general) == ({}, None)
+    run_id = int(path.removeprefix("/runs/"))
+    state = client.run(run_id)
+    assert state["name"] == "cancel me" and state["config"]["max_steps"] == 500
+    updated, message = run.cancel(client, state)
+    assert updated["status"] == "cancelled"
+    assert "Cancel requested" in " ".join(texts(message))
+    # a second click: the API says why not, in words
+    again, message = run.cancel(client, updated)
+    assert again is no_update and "already cancelled" in " ".join(texts(message))
+
+
+def test_writes_carry_the_token_when_the_api_wants_one(tmp_path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DORA_DATA_DIR": str(tmp_path),
+        "DORA_API_PORT": str(port),
+        "DORA_API_TOKEN": "s3cret",
+    }
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(
+        ["-m", "uvicorn", "backend.main:app", "--port", str(port), "--log-level", "warning"],
+        env,
+        f"{url}/api/health",
+        tmp_path / "api.log",
+    )
+    try:
+        anonymous, holder = ApiClient(url, token=""), ApiClient(url, token="s3cret")
+        assert anonymous.runs()["total"] == 0  # reads need no token
+        path, fields, general = jobform.submit(anonymous, {}, {"lr": "-1"})
+        assert path is None and "DORA_API_TOKEN" in general and "401" in general
+        _, fields, general = jobform.submit(holder, {}, {"lr": "-1"})
+        assert general is None and "greater than 0" in fields["lr"]  # past the token check
+        with pytest.raises(ApiError) as err:
+            holder.delete_run(12345)
+        assert err.value.status == 404
+    finally:
+        _stop(proc)
