@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from backend.deps import ReadSession
-from backend.routers.responses import NOT_FOUND
+from backend.routers.responses import NOT_FOUND, json_response
 from backend.schemas import (
     BudgetSeries,
     EventPublic,
@@ -26,25 +26,25 @@ SinceStep = Annotated[
 MaxPoints = Annotated[int, Query(ge=1, le=100_000, description="Downsample to at most this")]
 
 
-@router.get("/{run_id}/steps")
-def steps(run_id: int, session: ReadSession) -> StepList:
+@router.get("/{run_id}/steps", response_model=StepList)
+def steps(run_id: int, session: ReadSession) -> Response:
     """Steps that have score data (for a step slider)."""
-    return StepList(steps=queries.score_steps(session, run_id))
+    return json_response(StepList.model_construct(steps=queries.score_steps(session, run_id)))
 
 
-@router.get("/{run_id}/rank-matrix")
+@router.get("/{run_id}/rank-matrix", response_model=RankMatrix)
 def rank_matrix(
     run_id: int,
     session: ReadSession,
     step: Annotated[
         int | None, Query(ge=0, description="Nearest recorded step at or before; default latest")
     ] = None,
-) -> RankMatrix:
+) -> Response:
     """Live components per cell of layers x module types."""
-    return queries.rank_matrix(session, run_id, step)
+    return json_response(queries.rank_matrix(session, run_id, step))
 
 
-@router.get("/{run_id}/scores")
+@router.get("/{run_id}/scores", response_model=ScoreSeries)
 def scores(
     run_id: int,
     session: ReadSession,
@@ -52,18 +52,20 @@ def scores(
     layer: Annotated[int | None, Query(ge=0)] = None,
     max_points: MaxPoints = 1000,
     since_step: SinceStep = None,
-) -> ScoreSeries:
+) -> Response:
     """Component scores and masks of one module (``module``) or one layer (``layer``).
 
     Downsampled to ``max_points`` steps, always keeping pruning-event steps.
     """
-    return queries.score_series(session, run_id, module, layer, max_points, since_step)
+    return json_response(
+        queries.score_series(session, run_id, module, layer, max_points, since_step)
+    )
 
 
-@router.get("/{run_id}/budget")
-def budget(run_id: int, session: ReadSession, since_step: SinceStep = None) -> BudgetSeries:
+@router.get("/{run_id}/budget", response_model=BudgetSeries)
+def budget(run_id: int, session: ReadSession, since_step: SinceStep = None) -> Response:
     """Target and live component counts at each reported step."""
-    return queries.budget_series(session, run_id, since_step)
+    return json_response(queries.budget_series(session, run_id, since_step))
 
 
 @router.get("/{run_id}/scalars/keys")
@@ -71,17 +73,17 @@ def scalar_keys(run_id: int, session: ReadSession) -> list[str]:
     return queries.scalar_keys(session, run_id)
 
 
-@router.get("/{run_id}/scalars")
+@router.get("/{run_id}/scalars", response_model=ScalarSeries)
 def scalars(
     run_id: int,
     session: ReadSession,
     keys: Annotated[str, Query(description="Comma-separated, e.g. loss,eval/accuracy")],
     max_points: MaxPoints = 1000,
     since_step: SinceStep = None,
-) -> ScalarSeries:
+) -> Response:
     """Named series (losses, lr, eval metrics); null marks a non-finite value."""
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
-    return queries.scalar_series(session, run_id, wanted, max_points, since_step)
+    return json_response(queries.scalar_series(session, run_id, wanted, max_points, since_step))
 
 
 @router.get("/{run_id}/events")
