@@ -47,6 +47,8 @@ def _base_layout(
         # revision, so the first real figure's axes (e.g. reversed) apply
         uirevision=uirevision,
     )
+    fig.update_xaxes(automargin=True)  # room for rotated module-type labels
+    fig.update_yaxes(automargin=True)
     return fig
 
 

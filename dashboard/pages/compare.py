@@ -16,6 +16,8 @@ from dashboard import components as ui
 from dashboard import figures
 from dashboard.api import ApiClient, ApiError
 
+FIGURE_LABEL_CHARS = 32
+
 
 def parse_run_ids(search: str | None) -> tuple[list[int], list[str]]:
     """``?runs=1,2,x`` -> ([1, 2], ['x']): ids in order without repeats, and what was not an id."""
@@ -38,8 +40,10 @@ def search_for(ids: list[int]) -> str:
     return "?runs=" + ",".join(str(i) for i in ids)
 
 
-def run_label(run: dict) -> str:
-    return f"#{run['id']} {run.get('name') or ''}".strip()
+def run_label(run: dict, limit: int | None = None) -> str:
+    """'#3 name'; cut to ``limit`` characters for figure titles (the table has it whole)."""
+    label = f"#{run['id']} {run.get('name') or ''}".strip()
+    return label if limit is None or len(label) <= limit else label[: limit - 1] + "…"
 
 
 def avg_live_rank(run: dict, matrix: dict | None) -> float | None:
@@ -180,7 +184,9 @@ def content(client: ApiClient, ids: list[int], bad: list[str]) -> list[Any]:
                 "Choose them above, or tick them on the Runs page and press “Compare selected”.",
             ),
         ]
-    with_data = [(run_label(r), matrices[r["id"]]) for r in runs if matrices.get(r["id"])]
+    with_data = [
+        (run_label(r, FIGURE_LABEL_CHARS), matrices[r["id"]]) for r in runs if matrices.get(r["id"])
+    ]
     r_max = max((r.get("init_rank") or 0 for r in runs), default=0) or None
     first = next(((label, m) for label, m in with_data), None)
     diffs = (

@@ -36,7 +36,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.
     raise RuntimeError(f"{url} did not come up in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -55,7 +55,7 @@ def start_server(args: list[str], env: dict[str, str], health: str, log: Path) -
     try:
         _wait_http(health, proc, log)
     except Exception:
-        _stop(proc)
+        stop_server(proc)
         raise
     return proc
 
@@ -93,7 +93,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         data / "api.log",
     )
     yield url
-    _stop(proc)
+    stop_server(proc)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 
 from dashboard.api import ApiClient
 from tests.conftest import REPO_ROOT, free_port
-from tests.dashboard.conftest import _stop, start_server
+from tests.dashboard.conftest import start_server, stop_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def dash_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     log = tmp_path_factory.mktemp("dash") / "dash.log"
     proc = start_server(["-m", "dashboard.app"], env, f"{url}/", log)
     yield url
-    _stop(proc)
+    stop_server(proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
@@ -142,6 +142,7 @@ def screenshot(driver: Any, path: Path) -> None:
     """The whole page, not just the window."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1440, min(max(height, 900), 4000))
+    driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.6)  # plotly relayouts after a resize
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 900)
@@ -267,7 +268,6 @@ def _run_the_scenario(
     assert live_later < live_first, "pruning lowers the live count"
     assert text_of(driver, "#run-name") == EVIL_NAME
     no_script_ran(driver)
-    screenshot(driver, shots / "run-live.png")
 
     # --- it finishes; the poll stops; the adapter downloads through the dashboard ---
     wait_for(
@@ -283,6 +283,13 @@ def _run_the_scenario(
     final = json.loads(wait_for("the final heatmap", lambda: heatmap_z(driver)))
     matrix = api.rank_matrix(run_id)
     assert final == matrix["live"]  # the page shows what the API holds at the end
+    # appended live, step by step, the figures hold each step exactly once
+    drawn = driver.execute_script(
+        "const x = id => document.querySelector(id + ' .js-plotly-plot').data;"
+        "return {budget: x('#run-budget')[1].x, scores: x('#run-importance')[0].x};"
+    )
+    assert drawn["budget"] == api.budget(run_id)["steps"]
+    assert drawn["scores"] == api.scores(run_id, layer=0)["steps"]
     screenshot(driver, shots / "run.png")
 
     # --- runs table: the name is text there too ---

@@ -15,7 +15,7 @@ from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, jobform, run, runs
 from tests.conftest import free_port
 from tests.dashboard import simulate
-from tests.dashboard.conftest import _stop, start_server
+from tests.dashboard.conftest import start_server, stop_server
 from tests.dashboard.helpers import apply_patch, graphs, texts
 from tests.dashboard.simulate import SimulatedRun
 
@@ -235,4 +235,4 @@ def test_writes_carry_the_token_when_the_api_wants_one(tmp_path) -> None:
             holder.delete_run(12345)
         assert err.value.status == 404
     finally:
-        _stop(proc)
+        stop_server(proc)
