@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.orm import Session
 
 from backend.downsample import pick_steps
@@ -84,12 +84,22 @@ def rank_matrix(session: Session, run_id: int, step: int | None) -> RankMatrix:
 
 
 def _score_rows(
-    session: Session, run_id: int, steps: list[int], all_after: int | None, everything: bool
+    session: Session,
+    run_id: int,
+    steps: list[int],
+    all_after: int | None,
+    everything: bool,
+    slots: slice,
 ) -> list[tuple[int, bytes, bytes]]:
-    """Packed rows for ``steps``: one range scan when no step was dropped, else by key."""
-    cols = select(ScoreStep.step, ScoreStep.scores, ScoreStep.masks).where(
-        ScoreStep.run_id == run_id
+    """(step, scores of ``slots`` only, all masks) for ``steps``.
+
+    One range scan when no step was dropped, else lookups by key. Only the
+    byte range of the wanted modules' scores leaves the database.
+    """
+    part = func.substr(
+        ScoreStep.scores, slots.start * SCORE_DTYPE.itemsize + 1, _nbytes(slots), type_=LargeBinary
     )
+    cols = select(ScoreStep.step, part, ScoreStep.masks).where(ScoreStep.run_id == run_id)
     if everything:
         query = cols.where(*_after(ScoreStep.step, all_after)).order_by(ScoreStep.step)
         return [tuple(r) for r in session.execute(query)]
@@ -99,6 +109,10 @@ def _score_rows(
         rows += [tuple(r) for r in session.execute(cols.where(ScoreStep.step.in_(chunk)))]
     rows.sort(key=lambda r: r[0])
     return rows
+
+
+def _nbytes(slots: slice) -> int:
+    return (slots.stop - slots.start) * SCORE_DTYPE.itemsize
 
 
 def score_series(
@@ -133,16 +147,13 @@ def score_series(
         )
     )
     chosen = pick_steps(steps, max_points, keep)
-    rows = _score_rows(session, run_id, chosen, since_step, len(chosen) == len(steps))
-    if rows:
-        scores = np.frombuffer(b"".join(r[1] for r in rows), dtype=SCORE_DTYPE).reshape(
-            len(rows), layout.total
-        )
-        packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(len(rows), -1)
-        masks = np.unpackbits(packed, axis=1, count=layout.total)
-    else:
-        scores = np.zeros((0, layout.total), dtype=SCORE_DTYPE)
-        masks = np.zeros((0, layout.total), dtype=np.uint8)
+    # the wanted modules' slots, as one range (a layer's modules are registered together)
+    slots = slice(layout.span(wanted[0]).start, layout.span(wanted[-1]).stop)
+    rows = _score_rows(session, run_id, chosen, since_step, len(chosen) == len(steps), slots)
+    width = slots.stop - slots.start
+    scores = np.frombuffer(b"".join(r[1] for r in rows), dtype=SCORE_DTYPE).reshape(-1, width)
+    packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8)
+    masks = np.unpackbits(packed.reshape(-1, (layout.total + 7) // 8), axis=1, count=layout.total)
     series = []
     for i in wanted:
         span = layout.span(i)
@@ -150,7 +161,7 @@ def score_series(
             ModuleSeries.model_construct(
                 name=modules[i].name,
                 type=modules[i].type,
-                scores=scores[:, span].tolist(),
+                scores=scores[:, span.start - slots.start : span.stop - slots.start].tolist(),
                 masks=masks[:, span].tolist(),
             )
         )

@@ -119,6 +119,13 @@ def test_series_since_step_returns_only_newer_steps(client) -> None:
     assert got["steps"] == [96, 97, 98, 99, 100]
     assert got["modules"][0]["scores"][0] == np.float32([96.06, 96.0601]).tolist()
     assert client.get(f"/api/runs/{run_id}/steps").json()["steps"] == list(range(1, 101))
+    nothing_new = client.get(f"/api/runs/{run_id}/scores", params={"layer": 1, "since_step": 100})
+    assert nothing_new.json() == {
+        "steps": [],
+        "modules": [
+            {"name": f"enc.1.{t}", "type": t, "scores": [], "masks": []} for t in ("q", "v", "ffn")
+        ],
+    }
 
 
 def test_layer_series_and_bad_selectors(client) -> None:
@@ -250,3 +257,16 @@ def test_openapi_documents_every_endpoint_with_examples(client) -> None:
     assert telemetry["examples"][0]["seq"] == 17
     job_body = paths["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert "target_rank" in job_body["schema"]["properties"] and job_body["example"]
+
+
+def test_layer_series_when_its_modules_are_not_registered_together(client) -> None:
+    """Type-major registration order: layer 1's modules are interleaved with layer 0's."""
+    modules = sorted(MODULES[:6], key=lambda m: (m["type"], m["layer"]))
+    run_id = new_run(client, modules=modules)
+    sent = [scores_record(s, modules) for s in (4, 5)]
+    client.post(f"/api/runs/{run_id}/telemetry", json={"seq": 0, "scores": sent})
+    got = client.get(f"/api/runs/{run_id}/scores", params={"layer": 1}).json()
+    assert [m["name"] for m in got["modules"]] == ["enc.1.ffn", "enc.1.q", "enc.1.v"]
+    for series in got["modules"]:
+        assert series["scores"] == [np.float32(r["values"][series["name"]]).tolist() for r in sent]
+        assert series["masks"] == [r["masks"][series["name"]] for r in sent]
