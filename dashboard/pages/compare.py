@@ -15,6 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from dashboard import components as ui
 from dashboard import figures
 from dashboard.api import ApiClient, ApiError
+from dashboard.params import live_adapter_params
 
 FIGURE_LABEL_CHARS = 32
 
@@ -58,9 +59,13 @@ def avg_live_rank(run: dict, matrix: dict | None) -> float | None:
 
 
 def compare_rows(
-    runs: list[dict], matrices: dict[int, dict | None]
+    runs: list[dict], matrices: dict[int, dict | None], live: dict[int, int | None]
 ) -> tuple[list[str], list[list[str]]]:
-    """Table header and rows: one row per run, metrics columns as the runs have them."""
+    """Table header and rows: one row per run, metrics columns as the runs have them.
+
+    ``live`` holds each run's live adapter parameters (what the pruned adapter
+    costs); next to the count at r' it shows what pruning saved.
+    """
     metric_keys: list[str] = []
     for run in runs:
         metric_keys.extend(k for k in (run.get("metrics") or {}) if k not in metric_keys)
@@ -74,7 +79,8 @@ def compare_rows(
         "b(T)",
         "r'",
         "Avg live rank",
-        "Adapter params",
+        "Live adapter params",
+        "Adapter params at r'",
         "Head params",
         "Total params",
         *metric_keys,
@@ -95,6 +101,7 @@ def compare_rows(
                 str(run.get("target_rank") if run.get("target_rank") is not None else "–"),
                 str(run.get("init_rank") if run.get("init_rank") is not None else "–"),
                 "–" if avg is None else f"{avg:.2f}",
+                ui.fmt_count(live.get(run["id"])),
                 ui.fmt_count(params.get("adapter")),
                 ui.fmt_count(params.get("head")),
                 ui.fmt_count(params.get("total")),
@@ -104,8 +111,10 @@ def compare_rows(
     return header, rows
 
 
-def _table(runs: list[dict], matrices: dict[int, dict | None]) -> html.Table:
-    header, rows = compare_rows(runs, matrices)
+def _table(
+    runs: list[dict], matrices: dict[int, dict | None], live: dict[int, int | None]
+) -> html.Table:
+    header, rows = compare_rows(runs, matrices, live)
     return html.Table(
         [
             html.Thead(html.Tr([html.Th(h) for h in header])),
@@ -163,6 +172,7 @@ def content(client: ApiClient, ids: list[int], bad: list[str]) -> list[Any]:
         )
     runs: list[dict] = []
     matrices: dict[int, dict | None] = {}
+    live: dict[int, int | None] = {}
     for rid in ids:
         try:
             run = client.run(rid)
@@ -173,8 +183,9 @@ def content(client: ApiClient, ids: list[int], bad: list[str]) -> list[Any]:
             continue
         try:
             matrices[rid] = client.rank_matrix(rid)
+            live[rid] = live_adapter_params(run.get("method"), client.modules(rid), matrices[rid])
         except ApiError:
-            matrices[rid] = None
+            matrices[rid], live[rid] = None, None
         runs.append(run)
     if len(runs) < 2:
         return [
@@ -202,7 +213,9 @@ def content(client: ApiClient, ids: list[int], bad: list[str]) -> list[Any]:
     )
     return [
         *notes,
-        ui.card("Metrics and parameters", html.Div(_table(runs, matrices), className="table-wrap")),
+        ui.card(
+            "Metrics and parameters", html.Div(_table(runs, matrices, live), className="table-wrap")
+        ),
         ui.card(
             "Final rank distribution (one colour scale)",
             ui.graph("compare-heatmaps", figures.compare_rank_heatmaps(with_data, r_max)),

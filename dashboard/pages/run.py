@@ -18,6 +18,7 @@ from flask import Flask, Response
 from dashboard import components as ui
 from dashboard import figures, live
 from dashboard.api import ApiClient, ApiError
+from dashboard.params import live_adapter_params
 
 # how often a live run is polled; lower it (ms) to see fast jobs in more frames
 POLL_MS = int(os.environ.get("DORA_DASH_POLL_MS", "1500"))
@@ -171,9 +172,10 @@ def layout(client: ApiClient, run_id: int) -> html.Div:
     except ApiError as err:
         return not_found(run_id, err)
     try:
-        options = module_options(client.modules(run_id))
+        modules = client.modules(run_id)
     except ApiError:
-        options = []
+        modules = []
+    options = module_options(modules)
     latest = run.get("step")
     return html.Div(
         [
@@ -274,6 +276,7 @@ def layout(client: ApiClient, run_id: int) -> html.Div:
                 className="grid-3",
             ),
             dcc.Store(id="run-state", data=run),
+            dcc.Store(id="run-modules", data=modules),
             dcc.Store(id="run-latest", data=latest),
             dcc.Store(id="run-budget-cursor", data=None),
             dcc.Store(id="run-scalars-cursor", data=None),
@@ -322,8 +325,15 @@ def follow_slider(run: dict, value: int | None, old_latest: int | None) -> tuple
     return top, slider_marks(run), (no_update if new_value == value else new_value), latest
 
 
-def heatmap(client: ApiClient, run: dict, step: int | None, latest: int | None) -> tuple[Any, str]:
-    """The rank heatmap at the slider's step (the nearest recorded one at or before it)."""
+def heatmap(
+    client: ApiClient,
+    run: dict,
+    step: int | None,
+    latest: int | None,
+    modules: list[dict] | None = None,
+) -> tuple[Any, str]:
+    """The rank heatmap at the slider's step (the nearest recorded one at or before
+    it), and a line saying which step it is and what the adapter costs there."""
     try:
         matrix = client.rank_matrix(run["id"], step=step)
     except ApiError as err:
@@ -335,10 +345,13 @@ def heatmap(client: ApiClient, run: dict, step: int | None, latest: int | None) 
     if shown is None:
         return fig, ""
     where = "the latest" if latest is None or shown >= latest else f"latest is {latest}"
-    return (
-        fig,
-        f"Showing step {shown} ({where}). Colour scale 0…r' = {run.get('init_rank') or '?'}.",
-    )
+    label = f"Showing step {shown} ({where}). Colour scale 0…r' = {run.get('init_rank') or '?'}."
+    live = live_adapter_params(run.get("method"), modules or [], matrix)
+    if live is not None:
+        start = (run.get("params") or {}).get("adapter")
+        of = f" of {ui.fmt_count(start)} at r'" if start else ""
+        label += f" Live adapter parameters: {ui.fmt_count(live)}{of}."
+    return fig, label
 
 
 def budget(client: ApiClient, run: dict, cursor: int | None) -> tuple[Any, Any]:
@@ -443,15 +456,19 @@ def importance(
     return live.importance_patch(delta), {"selection": selection, "step": delta["steps"][-1]}
 
 
-def module_choices(client: ApiClient, run: dict, options: list[dict] | None) -> tuple[Any, Any]:
-    """Fill the layer/module selector once the worker has registered its modules."""
+def module_choices(
+    client: ApiClient, run: dict, options: list[dict] | None
+) -> tuple[Any, Any, Any]:
+    """Fill the layer/module selector (and the module list) once the worker has
+    registered its modules."""
     if options or not run.get("num_modules"):
-        return no_update, no_update
+        return no_update, no_update, no_update
     try:
-        new = module_options(client.modules(run["id"]))
+        modules = client.modules(run["id"])
     except ApiError:
-        return no_update, no_update
-    return new, (new[0]["value"] if new else None)
+        return no_update, no_update, no_update
+    new = module_options(modules)
+    return new, (new[0]["value"] if new else None), modules
 
 
 def cancel(client: ApiClient, run: dict) -> tuple[Any, Any]:
@@ -543,9 +560,10 @@ def register(app: Dash, client: ApiClient) -> None:
         Input("run-step", "value"),
         State("run-state", "data"),
         State("run-latest", "data"),
+        State("run-modules", "data"),
     )
-    def _heatmap(step, run, latest):
-        return heatmap(client, run, step, latest)
+    def _heatmap(step, run, latest, modules):
+        return heatmap(client, run, step, latest, modules)
 
     @app.callback(
         Output("run-budget", "figure"),
@@ -568,6 +586,7 @@ def register(app: Dash, client: ApiClient) -> None:
     @app.callback(
         Output("run-module", "options"),
         Output("run-module", "value"),
+        Output("run-modules", "data"),
         Input("run-state", "data"),
         State("run-module", "options"),
         prevent_initial_call=True,

@@ -14,6 +14,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import jobform
+from dashboard.params import LiveParams
 
 STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
 # (sort key, column title); None = a column that does not sort
@@ -27,11 +28,12 @@ COLUMNS: list[tuple[str | None, str]] = [
     ("status", "Status"),
     ("progress", "Progress"),
     ("best", "Best dev metric"),
-    ("params", "Adapter params"),
+    ("params", "Live params"),
     ("created_at", "Created"),
     (None, ""),
 ]
 DEFAULT_SORT = {"key": "id", "desc": True}
+LIVE_PARAMS = LiveParams()  # shared by every refresh: a run is recounted when its step moves
 REFRESH_MS = 3000
 
 
@@ -43,7 +45,7 @@ def _sort_value(run: dict, key: str) -> Any:
         best = ui.best_metric(run)
         return best[1] if best else None
     if key == "params":
-        return (run.get("params") or {}).get("adapter")
+        return adapter_params(run)
     value = run.get(key)
     return value.lower() if isinstance(value, str) else value
 
@@ -87,12 +89,25 @@ def next_sort(current: dict | None, key: str) -> dict:
     return {"key": key, "desc": key in ("id", "created_at", "progress", "best", "params")}
 
 
+def adapter_params(run: dict) -> int | None:
+    """The adapter's live parameter count, else its count at the start."""
+    if run.get("live_params") is not None:
+        return run["live_params"]
+    return (run.get("params") or {}).get("adapter")
+
+
 def _fetch(client: ApiClient) -> dict:
-    """Store payload: the runs, or the error a person should see instead."""
+    """Store payload: the runs (each with its live parameter count), or the
+    error a person should see instead."""
     try:
-        return {"runs": client.all_runs(), "error": None, "unreachable": False}
+        runs = client.all_runs()
     except ApiError as err:
         return {"runs": [], "error": err.message, "unreachable": err.unreachable}
+    return {
+        "runs": [{**r, "live_params": LIVE_PARAMS.get(client, r)} for r in runs],
+        "error": None,
+        "unreachable": False,
+    }
 
 
 def _header_cell(key: str | None, title: str, sort: dict) -> html.Th:
@@ -112,6 +127,7 @@ def _header_cell(key: str | None, title: str, sort: dict) -> html.Th:
 def _row(run: dict, selected: list[int]) -> html.Tr:
     best = ui.best_metric(run)
     rid = run["id"]
+    start = (run.get("params") or {}).get("adapter")
     return html.Tr(
         [
             html.Td(
@@ -135,7 +151,13 @@ def _row(run: dict, selected: list[int]) -> html.Tr:
             ),
             html.Td(ui.progress_bar(run.get("step"), run.get("total_steps"))),
             html.Td(f"{best[0]} {best[1]:.4f}" if best else "–"),
-            html.Td(ui.fmt_count((run.get("params") or {}).get("adapter")), className="num"),
+            html.Td(
+                ui.fmt_count(adapter_params(run)),
+                className="num",
+                title=f"adapter parameters now; {ui.fmt_count(start)} at the start"
+                if start
+                else "",
+            ),
             html.Td(ui.fmt_time(run.get("created_at"))),
             html.Td(
                 html.Button(

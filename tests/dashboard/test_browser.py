@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from dashboard.api import ApiClient
+from dashboard.params import live_adapter_params
 from tests.conftest import REPO_ROOT, free_port
 from tests.dashboard.conftest import start_server, stop_server
 
@@ -290,6 +291,12 @@ def _run_the_scenario(
     )
     assert drawn["budget"] == api.budget(run_id)["steps"]
     assert drawn["scores"] == api.scores(run_id, layer=0)["steps"]
+    # the live-parameter count agrees with the worker's own count at r'
+    # (every component live), so it counts the same things
+    run = api.run(run_id)
+    full = live_adapter_params("dora", api.modules(run_id), {**matrix, "live": matrix["rank"]})
+    assert full == run["params"]["adapter"]
+    assert "Live adapter parameters" in text_of(driver, "#run-step-label")
     screenshot(driver, shots / "run.png")
 
     # --- runs table: the name is text there too ---
@@ -310,6 +317,11 @@ def _run_the_scenario(
     wait_for(
         "the compare heatmaps",
         lambda: driver.find_elements(By.CSS_SELECTOR, "#compare-heatmaps .js-plotly-plot"),
+    )
+    lora = api.run(lora_id)
+    lora_matrix = api.rank_matrix(lora_id)
+    assert (
+        live_adapter_params("lora", api.modules(lora_id), lora_matrix) == lora["params"]["adapter"]
     )
     heat = driver.execute_script(
         "return document.querySelector('#compare-heatmaps .js-plotly-plot').data.map(t => t.z);"

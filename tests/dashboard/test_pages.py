@@ -217,12 +217,14 @@ def test_compare_rows_metrics_and_average_live_rank() -> None:
         metrics={"accuracy": 0.83},
     )
     matrix_b = {"live": [[4, 4], [4, None]]}
-    header, rows = compare.compare_rows([a, b], {1: None, 2: matrix_b})
+    header, rows = compare.compare_rows([a, b], {1: None, 2: matrix_b}, {1: 83_016, 2: None})
     assert header[-2:] == ["accuracy", "macro_f1"]
     row_a, row_b = rows
     assert row_a[0] == "#1 run-1" and row_a[1] == "DoRA"
     assert row_a[header.index("Avg live rank")] == "4.00"  # 144 live / 36 modules
-    assert row_a[header.index("Adapter params")] == "110.6k"
+    assert row_a[header.index("Adapter params at r'")] == "110.6k"
+    assert row_a[header.index("Live adapter params")] == "83.0k"
+    assert row_b[header.index("Live adapter params")] == "–"
     assert row_a[header.index("Total params")] == "22.7M"
     assert row_b[header.index("Avg live rank")] == "4.00"  # from the matrix: (4+4+4)/3
     assert row_b[-2:] == ["0.8300", "–"]

@@ -28,6 +28,12 @@ def test_runs_list_shows_a_run_and_delete_removes_it(api_url: str, client: ApiCl
     assert data["error"] is None
     assert "to be deleted" in texts(runs.render_table(data, None, None, None, None, None))
     assert runs.refresh(client, data) is no_update  # nothing changed: the table is left alone
+    (row,) = [r for r in data["runs"] if r["id"] == sim.id]
+    assert row["live_params"] is None  # registered, no scores yet
+    sim.post([0, 5, 10])
+    (row,) = [r for r in runs._fetch(client)["runs"] if r["id"] == sim.id]
+    # step 10: 33 live components of 32 + 32 + 1 parameters (the gate) each
+    assert row["live_params"] == 33 * 65
     client.delete_run(sim.id)
     assert sim.id not in [r["id"] for r in runs._fetch(client)["runs"]]
     with pytest.raises(ApiError) as err:
@@ -154,6 +160,8 @@ def test_compare_two_runs_difference_and_table(api_url: str, client: ApiClient) 
     assert [list(r) for r in diff.data[0].z] == [[0, 1], [0, 1], [0, 1]]
     heat = figs["compare-heatmaps"]
     assert (heat.layout.coloraxis.cmin, heat.layout.coloraxis.cmax) == (0, simulate.R)
+    # live adapter params: 24 (finished) and 27 (half) components of 32 + 32 + 1
+    assert "1.6k" in shown and "1.8k" in shown
     totals = figs["compare-totals"]
     assert list(totals.data[0].y) == [16, 8] and list(totals.data[1].y) == [16, 11]
 
