@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 
 class NotFound(LookupError):
@@ -22,18 +23,25 @@ class Conflict(RuntimeError):
 
 
 class Invalid(ValueError):
-    """422: one or more (loc, message) pairs pointing into the request."""
+    """422: one or more (loc, message[, type]) entries pointing into the request."""
 
-    def __init__(self, errors: Sequence[tuple[Sequence[str | int], str]]):
-        self.errors = [(tuple(loc), msg) for loc, msg in errors]
-        super().__init__("; ".join(msg for _, msg in self.errors))
+    def __init__(self, errors: Sequence[tuple]):
+        self.errors = [
+            (tuple(loc), msg, rest[0] if rest else "value_error") for loc, msg, *rest in errors
+        ]
+        super().__init__("; ".join(msg for _, msg, _ in self.errors))
 
     @classmethod
     def at(cls, loc: Sequence[str | int], msg: str) -> Invalid:
         return cls([(loc, msg)])
 
+    @classmethod
+    def from_pydantic(cls, exc: ValidationError, prefix: tuple[str, ...]) -> Invalid:
+        """Pydantic's errors under ``prefix``, without echoing the (possibly huge) input."""
+        return cls([((*prefix, *e["loc"]), e["msg"], e["type"]) for e in exc.errors()])
+
     def detail(self) -> list[dict]:
-        return [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in self.errors]
+        return [{"loc": list(loc), "msg": msg, "type": kind} for loc, msg, kind in self.errors]
 
 
 def install_handlers(app: FastAPI) -> None:

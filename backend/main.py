@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         )
     for module in (health, runs, telemetry, queries, stream, jobs, presets, artifacts):
         app.include_router(module.router, prefix="/api")
+    default_openapi = app.openapi
+    app.openapi = lambda: telemetry.document(default_openapi())  # type: ignore[method-assign]
     return app
 
 

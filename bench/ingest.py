@@ -238,6 +238,14 @@ def time_packed(path: Path, layout: Layout, chunks: list[list[dict]]) -> float:
     return elapsed
 
 
+def db_bytes(path: Path) -> int:
+    """Size of a SQLite database with its WAL folded in."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -255,18 +263,28 @@ def main() -> int:
         f"{len(bodies)} batches of {args.batch} steps ({sum(map(len, bodies)) / len(bodies) / 1024:.0f} KiB JSON each)"
     )
     times: dict[str, list[float]] = {"api": [], "per-value": [], "packed": []}
+    sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="dora-bench-ingest-") as tmp:
         for r in range(args.rounds):
             folder = Path(tmp) / f"round{r}"
             folder.mkdir()
+            files = {
+                "api": folder / "api" / "dora.db",
+                "per-value": folder / "per_value.db",
+                "packed": folder / "packed.db",
+            }
             times["api"].append(time_api(folder / "api", modules, bodies))
-            times["per-value"].append(time_per_value(folder / "per_value.db", chunks))
-            times["packed"].append(time_packed(folder / "packed.db", layout, chunks))
+            times["per-value"].append(time_per_value(files["per-value"], chunks))
+            times["packed"].append(time_packed(files["packed"], layout, chunks))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+            sizes = {k: db_bytes(f) for k, f in files.items()}
     rate = {k: values / statistics.median(v) for k, v in times.items()}
     print("\nmedian rates (score values / s):")
     for key, value in rate.items():
         print(f"  {key:<10} {value:>12,.0f}   ({value / layout.total:,.0f} steps/s)")
+    print("\ndatabase bytes per score value (after a WAL checkpoint; raw float32 = 4):")
+    for key, size in sizes.items():
+        print(f"  {key:<10} {size / values:>6.2f}")
     ratio = rate["api"] / rate["per-value"]
     print(
         f"\napi / per-value executemany: {ratio:.2f}x (target >= 0.5x) -> {'PASS' if ratio >= 0.5 else 'FAIL'}"
