@@ -299,6 +299,17 @@ def _run_the_scenario(
     assert "Live adapter parameters" in text_of(driver, "#run-step-label")
     screenshot(driver, shots / "run.png")
 
+    # --- Replay starts from step 0, where every module still has all r' components ---
+    driver.find_element(By.ID, "run-play-button").click()
+    wait_for(
+        "the replay's first frame",
+        lambda: "step 0 (latest is" in text_of(driver, "#run-step-label"),
+    )
+    start = json.loads(heatmap_z(driver))
+    assert start == api.rank_matrix(run_id, step=0)["live"]
+    assert {v for row in start for v in row if v is not None} == {3}  # r' = ceil(1.5 * 2)
+    driver.find_element(By.ID, "run-play-button").click()  # pause
+
     # --- runs table: the name is text there too ---
     driver.get(f"{dash_url}/")
     wait_for("the runs table", lambda: driver.find_elements(By.CSS_SELECTOR, "#runs-table td.name"))
