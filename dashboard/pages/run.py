@@ -34,6 +34,7 @@ SCALAR_PLOTS = (
 )
 # small next to the others: drawn on their own scale on the right
 RIGHT_AXIS = ("dem", "lr")
+FULL_MESSAGE = "Full fine-tuning trains every weight: there are no adapter ranks to show."
 
 
 # --- pure pieces ------------------------------------------------------------
@@ -334,6 +335,8 @@ def heatmap(
 ) -> tuple[Any, str]:
     """The rank heatmap at the slider's step (the nearest recorded one at or before
     it), and a line saying which step it is and what the adapter costs there."""
+    if run.get("method") == "full":
+        return figures.empty_figure(FULL_MESSAGE), ""
     try:
         matrix = client.rank_matrix(run["id"], step=step)
     except ApiError as err:
@@ -437,8 +440,12 @@ def importance(
 ) -> tuple[Any, Any]:
     """Component-importance heatmap for the chosen layer/module; appended to live."""
     query = parse_selection(selection)
+    if run.get("method") == "full":
+        return figures.empty_figure(FULL_MESSAGE), None
     if not query:
-        return figures.empty_figure("Pick a layer or module above."), None
+        waiting = "No modules yet: they appear once the worker has built the model."
+        pick = "Pick a layer or module above."
+        return figures.empty_figure(pick if run.get("num_modules") else waiting), None
     fresh = cursor is None or cursor.get("selection") != selection or cursor.get("step") is None
     since = None if fresh else cursor["step"]
     try:

@@ -288,3 +288,13 @@ def test_api_down_gives_a_message_not_a_traceback() -> None:
     page = texts(run.layout(down, 1))
     assert any("cannot reach the API" in t for t in page)
     assert any("make run" in t for t in page)
+
+
+def test_full_fine_tuning_and_unregistered_runs_say_why_there_is_no_heatmap() -> None:
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")  # never called for these
+    full = _run(1, method="full")
+    fig, label = run.heatmap(down, full, None, None)
+    assert "no adapter ranks" in fig.layout.annotations[0].text and label == ""
+    fig, cursor = run.importance(down, _run(2, num_modules=0), None, None)
+    assert "once the worker has built the model" in fig.layout.annotations[0].text
+    assert cursor is None
