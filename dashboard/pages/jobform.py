@@ -129,8 +129,8 @@ PLACEHOLDERS = {
     "target_modules": "comma-separated suffixes, default: all projections",
 }
 PATH_HELP = {
-    "model_path": "A transformers model folder on the API's machine",
-    "dataset_path": "A .csv or .jsonl file on the API's machine",
+    "model_path": "A transformers model folder inside the API's model roots (DORA_MODEL_ROOTS)",
+    "dataset_path": "A .csv or .jsonl file inside the API's dataset roots (DORA_DATASET_ROOTS)",
 }
 NULL_WORDS = {"none", "null", "off"}
 _INT = re.compile(r"^[+-]?\d+$")
