@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from backend.db import Database
 from backend.launcher import Launcher
+from backend.schemas import INT32
 from backend.settings import Settings
 
 
@@ -41,3 +42,5 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 AppLauncher = Annotated[Launcher, Depends(get_launcher)]
 ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]
+# Ids and steps are 32-bit in every database we support: larger ones are 422, not a 500.
+RunId = Annotated[int, Path(ge=1, le=INT32, description="Run id")]

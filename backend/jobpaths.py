@@ -20,6 +20,8 @@ def confine(value: str, roots: Sequence[Path], field: str, env_var: str) -> Path
     """The real path of ``value`` inside one of ``roots``; raise Invalid naming ``field``."""
     loc = ("body", field)
     where = ", ".join(str(r) for r in roots)
+    if "\x00" in value:
+        raise Invalid.at(loc, "contains a NUL character")
     path = Path(value).expanduser()
     if ".." in path.parts:
         raise Invalid.at(loc, f"{value!r} contains '..'; give a path inside {where}")

@@ -9,10 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 INT32 = 2**31 - 1
 StepInt = Annotated[int, Field(ge=0, le=INT32)]
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    return text
+
+
+# Text stored in a column: PostgreSQL cannot hold NUL characters, so they are refused.
+Text = Annotated[str, AfterValidator(_no_nul)]
 EVENT_KINDS = (
     "started",
     "prune",
@@ -37,7 +47,7 @@ class _Request(BaseModel):
 class RunCreate(_Request):
     """A worker started by hand registers its run (``dora train job.yaml --api URL``)."""
 
-    name: str | None = Field(None, max_length=200)
+    name: Text | None = Field(None, max_length=200)
     config: dict[str, Any] = Field(description="The job config (same schema as POST /api/jobs)")
 
     model_config = ConfigDict(
@@ -49,11 +59,11 @@ class RunCreate(_Request):
 
 
 class ModuleIn(_Request):
-    name: str = Field(min_length=1, max_length=500)
+    name: Text = Field(min_length=1, max_length=500)
     layer: int | None = Field(
         None, ge=0, le=100_000, description="Block index; null outside blocks"
     )
-    type: str = Field(min_length=1, max_length=200, description="Module name below its block")
+    type: Text = Field(min_length=1, max_length=200, description="Module name below its block")
     shape: list[int] = Field(min_length=1, max_length=8, description="Weight shape [d_out, d_in]")
     rank: int = Field(ge=1, le=4096, description="r': components at the start")
 
@@ -158,7 +168,7 @@ class BudgetRecord(_Request):
 
 class ScalarsRecord(_Request):
     step: StepInt
-    values: dict[str, float | None] = Field(
+    values: dict[Text, float | None] = Field(
         description="key -> value; NaN/infinity (or null) are stored and returned as null"
     )
 
@@ -166,7 +176,7 @@ class ScalarsRecord(_Request):
 class EventRecord(_Request):
     step: StepInt
     kind: Literal[EVENT_KINDS]  # type: ignore[valid-type]
-    message: str = Field("", max_length=100_000)
+    message: Text = Field("", max_length=100_000)
     data: dict[str, Any] | None = None
 
 

@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.db import Database
-from backend.deps import get_db
+from backend.deps import RunId, get_db
 from backend.models import Run
 from backend.services.jobs import token_hash
 
@@ -47,7 +47,9 @@ def require_writer(request: Request) -> None:
         raise HTTPException(403, "wrong API token", _CHALLENGE)
 
 
-def require_ingest(run_id: int, request: Request, db: Annotated[Database, Depends(get_db)]) -> None:
+def require_ingest(
+    run_id: RunId, request: Request, db: Annotated[Database, Depends(get_db)]
+) -> None:
     """Dependency of a run's worker calls: the API token or that run's ingest token."""
     expected = request.app.state.settings.api_token
     if expected is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from backend.deps import ReadSession
+from backend.deps import ReadSession, RunId
 from backend.errors import NotFound
 from backend.routers.responses import NOT_FOUND
 from backend.services.runs import get_run, has_adapter
@@ -35,7 +35,7 @@ def zip_folder(folder: Path) -> bytes:
     response_class=Response,
     responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND},
 )
-def adapter_zip(run_id: int, session: ReadSession) -> Response:
+def adapter_zip(run_id: RunId, session: ReadSession) -> Response:
     """``adapter/`` of the run dir (adapter_config.json, adapter_model.safetensors)."""
     run = get_run(session, run_id)
     if not has_adapter(run):

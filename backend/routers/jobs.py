@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from backend.deps import DB, AppLauncher, AppSettings
+from backend.deps import DB, AppLauncher, AppSettings, RunId
 from backend.errors import Invalid
 from backend.routers.responses import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, WRITE_AUTH
 from backend.schemas import JobCreated, LogTail, RunPublic
@@ -74,12 +74,12 @@ def job_schema() -> dict[str, Any]:
         409: {"description": "The run already ended or was not launched by this API"},
     },
 )
-def cancel_job(run_id: int, db: DB, settings: AppSettings, launcher: AppLauncher) -> RunPublic:
+def cancel_job(run_id: RunId, db: DB, settings: AppSettings, launcher: AppLauncher) -> RunPublic:
     """Cancel: SIGTERM (the worker checkpoints and exits), SIGKILL after a grace period."""
     return to_public(jobs.cancel(db, settings, launcher, run_id))
 
 
 @router.get("/{run_id}/log", responses=NOT_FOUND)
-def job_log(run_id: int, db: DB, tail: Annotated[int, Query(ge=0, le=100_000)] = 200) -> LogTail:
+def job_log(run_id: RunId, db: DB, tail: Annotated[int, Query(ge=0, le=100_000)] = 200) -> LogTail:
     """The last ``tail`` lines of the worker's stdout and stderr."""
     return LogTail(lines=jobs.log_tail(db, run_id, tail))

@@ -6,38 +6,42 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from backend.deps import ReadSession
+from backend.deps import ReadSession, RunId
 from backend.routers.responses import NOT_FOUND, json_response
 from backend.schemas import (
+    INT32,
     BudgetSeries,
     EventPublic,
     RankMatrix,
     ScalarSeries,
     ScoreSeries,
     StepList,
+    Text,
 )
 from backend.services import queries
 
 router = APIRouter(prefix="/runs", tags=["queries"], responses=NOT_FOUND)
 
 SinceStep = Annotated[
-    int | None, Query(ge=0, description="Only data after this step (for incremental refresh)")
+    int | None,
+    Query(ge=0, le=INT32, description="Only data after this step (for incremental refresh)"),
 ]
 MaxPoints = Annotated[int, Query(ge=1, le=100_000, description="Downsample to at most this")]
 
 
 @router.get("/{run_id}/steps", response_model=StepList)
-def steps(run_id: int, session: ReadSession) -> Response:
+def steps(run_id: RunId, session: ReadSession) -> Response:
     """Steps that have score data (for a step slider)."""
     return json_response(StepList.model_construct(steps=queries.score_steps(session, run_id)))
 
 
 @router.get("/{run_id}/rank-matrix", response_model=RankMatrix)
 def rank_matrix(
-    run_id: int,
+    run_id: RunId,
     session: ReadSession,
     step: Annotated[
-        int | None, Query(ge=0, description="Nearest recorded step at or before; default latest")
+        int | None,
+        Query(ge=0, le=INT32, description="Nearest recorded step at or before; default latest"),
     ] = None,
 ) -> Response:
     """Live components per cell of layers x module types."""
@@ -46,10 +50,10 @@ def rank_matrix(
 
 @router.get("/{run_id}/scores", response_model=ScoreSeries)
 def scores(
-    run_id: int,
+    run_id: RunId,
     session: ReadSession,
-    module: str | None = None,
-    layer: Annotated[int | None, Query(ge=0)] = None,
+    module: Text | None = None,
+    layer: Annotated[int | None, Query(ge=0, le=INT32)] = None,
     max_points: MaxPoints = 1000,
     since_step: SinceStep = None,
 ) -> Response:
@@ -63,21 +67,21 @@ def scores(
 
 
 @router.get("/{run_id}/budget", response_model=BudgetSeries)
-def budget(run_id: int, session: ReadSession, since_step: SinceStep = None) -> Response:
+def budget(run_id: RunId, session: ReadSession, since_step: SinceStep = None) -> Response:
     """Target and live component counts at each reported step."""
     return json_response(queries.budget_series(session, run_id, since_step))
 
 
 @router.get("/{run_id}/scalars/keys")
-def scalar_keys(run_id: int, session: ReadSession) -> list[str]:
+def scalar_keys(run_id: RunId, session: ReadSession) -> list[str]:
     return queries.scalar_keys(session, run_id)
 
 
 @router.get("/{run_id}/scalars", response_model=ScalarSeries)
 def scalars(
-    run_id: int,
+    run_id: RunId,
     session: ReadSession,
-    keys: Annotated[str, Query(description="Comma-separated, e.g. loss,eval/accuracy")],
+    keys: Annotated[Text, Query(description="Comma-separated, e.g. loss,eval/accuracy")],
     max_points: MaxPoints = 1000,
     since_step: SinceStep = None,
 ) -> Response:
@@ -88,9 +92,9 @@ def scalars(
 
 @router.get("/{run_id}/events")
 def events(
-    run_id: int,
+    run_id: RunId,
     session: ReadSession,
-    kind: str | None = None,
+    kind: Text | None = None,
     since_step: SinceStep = None,
     limit: Annotated[int, Query(ge=1, le=100_000, description="The latest this many")] = 10_000,
 ) -> list[EventPublic]:

@@ -6,9 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from backend.deps import DB, AppLauncher, AppSettings, ReadSession, WriteSession
+from backend.deps import DB, AppLauncher, AppSettings, ReadSession, RunId, WriteSession
 from backend.routers.responses import NOT_FOUND, UNPROCESSABLE, WRITE_AUTH
-from backend.schemas import ModulePublic, RegisterIn, RunCreate, RunList, RunPublic, RunStatus
+from backend.schemas import (
+    INT32,
+    ModulePublic,
+    RegisterIn,
+    RunCreate,
+    RunList,
+    RunPublic,
+    RunStatus,
+)
 from backend.security import Ingester, Writer
 from backend.services import runs
 from backend.services.jobs import stop_for_delete
@@ -32,7 +40,7 @@ def list_runs(
     session: ReadSession,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT32)] = 0,
 ) -> RunList:
     """Runs, newest first."""
     items, total = runs.list_runs(session, status, limit, offset)
@@ -40,7 +48,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", responses=NOT_FOUND)
-def get_run(run_id: int, session: ReadSession) -> RunPublic:
+def get_run(run_id: RunId, session: ReadSession) -> RunPublic:
     return runs.to_public(runs.get_run(session, run_id))
 
 
@@ -50,7 +58,7 @@ def get_run(run_id: int, session: ReadSession) -> RunPublic:
     dependencies=[Writer],
     responses={**WRITE_AUTH, **NOT_FOUND},
 )
-def delete_run(run_id: int, db: DB, settings: AppSettings, launcher: AppLauncher) -> Response:
+def delete_run(run_id: RunId, db: DB, settings: AppSettings, launcher: AppLauncher) -> Response:
     """Stop a live worker, then remove the run's rows and the directory the API made for it."""
     run = stop_for_delete(db, launcher, run_id)
     with db.writer() as session:
@@ -68,13 +76,13 @@ def delete_run(run_id: int, db: DB, settings: AppSettings, launcher: AppLauncher
         409: {"description": "The run already registered a different module list"},
     },
 )
-def register(run_id: int, body: RegisterIn, session: WriteSession) -> RunPublic:
+def register(run_id: RunId, body: RegisterIn, session: WriteSession) -> RunPublic:
     """The worker's module list (once the model is built); sets the run running."""
     return runs.to_public(runs.register(session, run_id, body))
 
 
 @router.get("/{run_id}/modules", responses=NOT_FOUND)
-def modules(run_id: int, session: ReadSession) -> list[ModulePublic]:
+def modules(run_id: RunId, session: ReadSession) -> list[ModulePublic]:
     """Adapted modules in registration order (``index`` = position in score blobs)."""
     runs.ensure_run(session, run_id)
     return [runs.module_public(m) for m in runs.modules_of(session, run_id)]

@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from backend.db import Database
-from backend.deps import DB, AppSettings
+from backend.deps import DB, AppSettings, RunId
 from backend.errors import NotFound
 from backend.models import FINAL_STATUSES, Run
 from backend.routers.responses import NOT_FOUND
@@ -28,7 +28,7 @@ from backend.settings import Settings
 router = APIRouter(prefix="/runs", tags=["live"])
 
 
-def _progress(db: Database, run_id: int) -> tuple[int | None, str]:
+def _progress(db: Database, run_id: RunId) -> tuple[int | None, str]:
     with db.reader() as session:
         run = session.get(Run, run_id)
         if run is None:
@@ -48,7 +48,7 @@ async def _notices(
     request: Request,
     db: Database,
     settings: Settings,
-    run_id: int,
+    run_id: RunId,
     first: tuple[int | None, str],
     resume_after: int | None,
 ) -> AsyncIterator[str]:
@@ -85,7 +85,7 @@ async def _notices(
     responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND},
 )
 async def stream(
-    run_id: int,
+    run_id: RunId,
     request: Request,
     db: DB,
     settings: AppSettings,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from backend.deps import WriteSession
+from backend.deps import RunId, WriteSession
 from backend.errors import Invalid
 from backend.routers.responses import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, WRITE_AUTH
 from backend.schemas import IngestAck, TelemetryBatch
@@ -50,7 +50,7 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
     },
 )
 def post_telemetry(
-    run_id: int, batch: Annotated[TelemetryBatch, Depends(batch_body)], session: WriteSession
+    run_id: RunId, batch: Annotated[TelemetryBatch, Depends(batch_body)], session: WriteSession
 ) -> IngestAck:
     """Store a batch of scores, budget points, scalars and events.
 

@@ -19,11 +19,17 @@ from dora_core.jobconfig import JobConfig, JobConfigError, parse_job_config
 def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobConfig:
     """The shared schema's verdict, as a 422 whose ``loc`` names each bad field."""
     try:
-        return parse_job_config(data)
+        config = parse_job_config(data)
     except JobConfigError as exc:
         raise Invalid(
             [((*prefix, *field.split(".")) if field else prefix, msg) for field, msg in exc.errors]
         ) from None
+    for field, value in config:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(t, str) and "\x00" in t for t in texts):
+            # PostgreSQL text cannot hold NUL, and no path or name needs one.
+            raise Invalid.at((*prefix, field), "contains a NUL character")
+    return config
 
 
 def lock_run(session: Session, run_id: int) -> Run:

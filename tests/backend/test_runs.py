@@ -161,3 +161,43 @@ def test_delete_removes_the_run_and_every_row_of_it(client, database_url) -> Non
     # every table lost exactly the deleted run's share: half of what two equal runs had
     assert after == {table: count // 2 for table, count in before.items()}
     assert client.get(f"/api/runs/{keep}/steps").json() == {"steps": [1]}
+
+
+def test_out_of_range_ids_and_steps_are_422_not_500(client) -> None:
+    run_id = new_run(client)
+    for path in (
+        "/api/runs/0",
+        f"/api/runs/{2**31}",
+        f"/api/runs/{2**70}/modules",
+        "/api/jobs/-1/log",
+    ):
+        assert client.get(path).status_code == 422, path
+    for params in ({"step": 2**40}, {"step": -1}):
+        assert client.get(f"/api/runs/{run_id}/rank-matrix", params=params).status_code == 422
+    assert client.get("/api/runs", params={"offset": 2**63}).status_code == 422
+    huge = client.post(f"/api/runs/{run_id}/telemetry", json={"seq": 2**40})
+    assert huge.status_code == 422 and huge.json()["detail"][0]["loc"] == ["body", "seq"]
+
+
+def test_nul_characters_are_refused_where_text_is_stored(client, database_url) -> None:
+    """PostgreSQL text cannot hold NUL; every database gets the same clear 422."""
+    bad_name = client.post("/api/runs", json={"name": "a\x00b", "config": {}})
+    assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["loc"] == ["body", "name"]
+    bad_config = client.post("/api/runs", json={"config": {"model": "min\x00lm"}})
+    assert bad_config.json()["detail"][0]["loc"] == ["body", "config", "model"]
+    run_id = new_run(client, register=False)
+    module = {**MODULES[0], "name": "enc\x00"}
+    reg = client.post(f"/api/runs/{run_id}/register", json={"modules": [module]})
+    assert reg.status_code == 422 and reg.json()["detail"][0]["loc"] == [
+        "body",
+        "modules",
+        0,
+        "name",
+    ]
+    tel = client.post(
+        f"/api/runs/{run_id}/telemetry",
+        json={"seq": 0, "events": [{"step": 1, "kind": "log", "message": "\x00"}]},
+    )
+    assert tel.status_code == 422
+    assert client.get(f"/api/runs/{run_id}/events", params={"kind": "lo\x00g"}).status_code == 422
+    assert row_counts(database_url)["runs"] == 1 and row_counts(database_url)["events"] == 0
