@@ -7,6 +7,7 @@ URL is bookmarkable: ``/``, ``/runs/<id>``, ``/compare?runs=1,2``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -117,6 +118,8 @@ def create_app(api_url: str | None = None, client: ApiClient | None = None) -> D
 
 
 def main() -> None:
+    # one request log line per live-update callback would bury `make run`'s output
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     host = os.environ.get("DORA_DASH_HOST", "127.0.0.1")
     port = int(os.environ.get("DORA_DASH_PORT", "8050"))
     create_app().run(host=host, port=port, debug=False)
