@@ -93,6 +93,8 @@ class Run(Base):
     metrics: Mapped[dict[str, Any] | None]  # latest eval/* scalars, prefix stripped
     metrics_step: Mapped[int | None]
     best: Mapped[dict[str, Any] | None]  # {"key", "value", "step"}
+    # Last step of each telemetry stream: {"scores", "budget", "scalars": {key: step}}.
+    heads: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     exit_code: Mapped[int | None]
     # Jobs launched by this API: where the worker writes, and how to find it.

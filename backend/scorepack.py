@@ -40,6 +40,10 @@ class Layout:
         return np.concatenate([[0], np.cumsum(self.ranks, dtype=np.int64)])
 
     @cached_property
+    def name_set(self) -> frozenset[str]:
+        return frozenset(self.names)
+
+    @cached_property
     def _index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
 
@@ -62,13 +66,14 @@ class Layout:
 
 
 def _check_keys(layout: Layout, got: Mapping[str, Sequence], field: str) -> None:
-    unknown = [n for n in got if n not in layout]
-    if unknown:
-        raise PackError(
-            (field, unknown[0]),
-            f"unknown module {unknown[0]!r} ({len(unknown)} unknown); register it first",
-        )
-    if len(got) != len(layout.names):
+    """Exactly the registered modules, each with r' values."""
+    if got.keys() != layout.name_set:  # the usual case, equal sets, is checked in C
+        unknown = [n for n in got if n not in layout]
+        if unknown:
+            raise PackError(
+                (field, unknown[0]),
+                f"unknown module {unknown[0]!r} ({len(unknown)} unknown); register it first",
+            )
         missing = [n for n in layout.names if n not in got]
         raise PackError(
             (field,),

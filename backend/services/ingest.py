@@ -4,7 +4,9 @@ Every check runs before the first insert, and the batch's rows, the run
 summary and the batch's sequence number commit together, so a rejected or
 interrupted batch leaves nothing behind and a retried one is recognised by
 its ``seq``. Steps only move forward within each stream (scores, budget,
-each scalar key; events are a log and exempt); see docs/protocol.md.
+each scalar key; events are a log and exempt); see docs/protocol.md. Each
+stream's last step is kept in the run's row (``heads``), which ingest holds
+locked, so checking the order costs no query.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:
 
     steps = [r.step for r in (*batch.scores, *batch.budget, *batch.scalars, *batch.events)]
     top = max(steps) if steps else None
-    score_rows = _score_rows(session, run_id, batch)
-    budget_rows = _budget_rows(session, run_id, batch)
-    scalar_rows = _scalar_rows(session, run_id, batch.scalars)
+    heads = run.heads if run.heads is not None else _heads_from_rows(session, run_id)
+    score_rows = _score_rows(session, run_id, batch, heads.get("scores"))
+    budget_rows = _budget_rows(run_id, batch, heads.get("budget"))
+    scalar_rows, scalar_heads = _scalar_rows(run_id, batch.scalars, heads.get("scalars", {}))
     event_rows = _event_rows(run_id, batch)
 
     for model, rows in (
@@ -60,6 +63,11 @@ def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:
     ):
         if rows:
             session.execute(insert(model), rows)
+    run.heads = {
+        "scores": batch.scores[-1].step if batch.scores else heads.get("scores"),
+        "budget": batch.budget[-1].step if batch.budget else heads.get("budget"),
+        "scalars": scalar_heads,
+    }
     _update_summary(run, batch, top)
     session.add(IngestBatch(run_id=run_id, seq=batch.seq, step=top, received_at=utcnow()))
     session.commit()
@@ -80,11 +88,28 @@ def _check_order(steps: Sequence[int], last: int | None, field: str) -> None:
         prev = step
 
 
-def _last_step(session: Session, column: Any, *where: Any) -> int | None:
-    return session.scalar(select(func.max(column)).where(*where))
+def _heads_from_rows(session: Session, run_id: int) -> dict[str, Any]:
+    """Stream heads computed from the stored rows (a run's first batch, or a run older
+    than the ``heads`` column)."""
+
+    def last(column: Any, *where: Any) -> int | None:
+        return session.scalar(select(func.max(column)).where(*where))
+
+    scalars = session.execute(
+        select(Scalar.key, func.max(Scalar.step))
+        .where(Scalar.run_id == run_id)
+        .group_by(Scalar.key)
+    ).all()
+    return {
+        "scores": last(ScoreStep.step, ScoreStep.run_id == run_id),
+        "budget": last(BudgetPoint.step, BudgetPoint.run_id == run_id),
+        "scalars": dict(scalars),
+    }
 
 
-def _score_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
+def _score_rows(
+    session: Session, run_id: int, batch: TelemetryBatch, last: int | None
+) -> list[dict]:
     if not batch.scores:
         return []
     layout: Layout = layout_of(session, run_id)
@@ -92,7 +117,6 @@ def _score_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[di
         raise Invalid.at(
             ("body", "scores"), f"run {run_id} has no registered modules; register them first"
         )
-    last = _last_step(session, ScoreStep.step, ScoreStep.run_id == run_id)
     _check_order([r.step for r in batch.scores], last, "scores")
     rows = []
     for i, record in enumerate(batch.scores):
@@ -104,10 +128,7 @@ def _score_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[di
     return rows
 
 
-def _budget_rows(session: Session, run_id: int, batch: TelemetryBatch) -> list[dict]:
-    if not batch.budget:
-        return []
-    last = _last_step(session, BudgetPoint.step, BudgetPoint.run_id == run_id)
+def _budget_rows(run_id: int, batch: TelemetryBatch, last: int | None) -> list[dict]:
     _check_order([r.step for r in batch.budget], last, "budget")
     return [{"run_id": run_id, **r.model_dump()} for r in batch.budget]
 
@@ -117,8 +138,11 @@ def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _scalar_rows(session: Session, run_id: int, records: Sequence[ScalarsRecord]) -> list[dict]:
-    last: dict[str, int | None] = {}
+def _scalar_rows(
+    run_id: int, records: Sequence[ScalarsRecord], heads: dict[str, int]
+) -> tuple[list[dict], dict[str, int]]:
+    """Rows, and each key's last step afterwards (every key is its own stream)."""
+    last = dict(heads)
     rows = []
     for i, record in enumerate(records):
         for key, value in record.values.items():
@@ -126,11 +150,7 @@ def _scalar_rows(session: Session, run_id: int, records: Sequence[ScalarsRecord]
                 raise Invalid.at(
                     ("body", "scalars", i, "values"), "scalar keys are 1 to 200 characters"
                 )
-            if key not in last:
-                last[key] = _last_step(
-                    session, Scalar.step, Scalar.run_id == run_id, Scalar.key == key
-                )
-            prev = last[key]
+            prev = last.get(key)
             if prev is not None and record.step <= prev:
                 raise Invalid.at(
                     ("body", "scalars", i, "step"),
@@ -140,7 +160,7 @@ def _scalar_rows(session: Session, run_id: int, records: Sequence[ScalarsRecord]
             rows.append(
                 {"run_id": run_id, "key": key, "step": record.step, "value": finite_or_none(value)}
             )
-    return rows
+    return rows, last
 
 
 def _event_rows(run_id: int, batch: TelemetryBatch) -> list[dict]:

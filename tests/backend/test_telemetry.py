@@ -330,3 +330,22 @@ def test_default_limit_takes_a_realistic_large_batch(client) -> None:
     batch = {"seq": 0, "scores": [scores_record(s) for s in range(1, 201)]}
     assert client.post(f"/api/runs/{run_id}/telemetry", json=batch).status_code == 200
     assert len(client.get(f"/api/runs/{run_id}/steps").json()["steps"]) == 200
+
+
+def test_order_is_checked_for_runs_stored_before_stream_heads_existed(client, database_url) -> None:
+    """Migration 0002 leaves ``heads`` NULL on older runs; their stored rows still count."""
+    from sqlalchemy import create_engine, text
+
+    run_id = new_run(client)
+    assert client.post(f"/api/runs/{run_id}/telemetry", json=_batch(0, [4, 5])).status_code == 200
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET heads = NULL WHERE id = :id"), {"id": run_id})
+    engine.dispose()
+    for field in ("scores", "budget", "scalars"):
+        batch = _batch(1, [6])
+        batch[field][0]["step"] = 5
+        resp = client.post(f"/api/runs/{run_id}/telemetry", json=batch)
+        assert resp.status_code == 422, field
+        assert resp.json()["detail"][0]["loc"][:2] == ["body", field]
+    assert client.post(f"/api/runs/{run_id}/telemetry", json=_batch(1, [6])).status_code == 200
