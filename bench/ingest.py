@@ -15,9 +15,10 @@ synchronous=NORMAL like the API, one transaction per batch:
   packed    sqlite3 executemany of exactly the rows the API writes (one packed
             row per step, budget and scalar rows): the floor under the API.
 
-Target (issue 5): api >= 0.5 x per-value. Rates are scores values per second.
+Target (issue 5): api >= 0.5 x per-value, the median of the per-round ratios.
+Rates are score values per second.
 
-    .venv/bin/python bench/ingest.py [--steps 2000] [--batch 10] [--rounds 3]
+    .venv/bin/python bench/ingest.py [--steps 1000] [--batch 10] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -248,9 +249,9 @@ def db_bytes(path: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=10, help="steps per telemetry batch")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     modules = roberta_modules()
@@ -285,12 +286,16 @@ def main() -> int:
     print("\ndatabase bytes per score value (after a WAL checkpoint; raw float32 = 4):")
     for key, size in sizes.items():
         print(f"  {key:<10} {size / values:>6.2f}")
-    ratio = rate["api"] / rate["per-value"]
+    # Each round's timings ran back to back; the median of the per-round ratios is
+    # the least sensitive to other work on a shared machine.
+    ratios = [b / a for a, b in zip(times["api"], times["per-value"], strict=True)]
+    floor = [b / a for a, b in zip(times["api"], times["packed"], strict=True)]
+    ratio = statistics.median(ratios)
+    verdict = "PASS" if ratio >= 0.5 else "FAIL"
+    print(f"\napi / per-value executemany, per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"  median {ratio:.2f}x (target >= 0.5x) -> {verdict}")
     print(
-        f"\napi / per-value executemany: {ratio:.2f}x (target >= 0.5x) -> {'PASS' if ratio >= 0.5 else 'FAIL'}"
-    )
-    print(
-        f"api / packed executemany:    {rate['api'] / rate['packed']:.3f}x (the HTTP + JSON share)"
+        f"api / packed executemany: median {statistics.median(floor):.3f}x (the HTTP + JSON share)"
     )
     return 0 if ratio >= 0.5 else 1
 
