@@ -233,6 +233,7 @@ class Worker:
         params = [p for p in self.method.parameters() if p.grad is not None]
         limit = job.grad_clip if job.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -240,7 +241,7 @@ class Worker:
         self.optimizer.zero_grad(set_to_none=True)
         if result.compacted:
             self._rewrap()
-        totals.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+        totals.update(lr=lr, grad_norm=float(grad_norm))
         if self.method.name != "dora":
             del totals["dem"]
         totals["event"] = result.event  # type: ignore[assignment]
