@@ -1,8 +1,10 @@
 """What the dashboard reads: rank matrices, score series, budget, scalars, events.
 
 Each query touches only the rows it returns: the rank matrix reads one
-packed step, a score series reads at most ``max_points`` of them (the list
-of steps comes from the primary-key index alone). Results are built with
+packed step; a score series reads at most ``max_points`` of them, and only
+its modules' bytes of each (which steps, is decided on the primary-key index
+alone, see ``sample_steps``). Long column-only results go through the
+session's connection, skipping the ORM's per-row work. Results are built with
 ``model_construct``: the values come from our own tables, validated on the
 way in, and re-validating 100k floats per answer would cost more than the
 query (routers send them with ``json_response``).
@@ -10,10 +12,11 @@ query (routers send them with ``json_response``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
-from sqlalchemy import LargeBinary, func, select
+from sqlalchemy import Connection, LargeBinary, Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from backend.downsample import pick_steps
@@ -37,6 +40,11 @@ PRUNING_KINDS = ("prune", "mask_frozen")
 _IN_CHUNK = 900
 
 
+def _core(session: Session) -> Connection:
+    """The session's connection: long column-only results skip the ORM's per-row work."""
+    return session.connection()
+
+
 def _after(column: object, since_step: int | None) -> list:
     return [] if since_step is None else [column > since_step]
 
@@ -44,13 +52,12 @@ def _after(column: object, since_step: int | None) -> list:
 def score_steps(session: Session, run_id: int, since_step: int | None = None) -> list[int]:
     """Steps that have scores, ascending (``since_step``: only those after it)."""
     ensure_run(session, run_id)
-    return list(
-        session.scalars(
-            select(ScoreStep.step)
-            .where(ScoreStep.run_id == run_id, *_after(ScoreStep.step, since_step))
-            .order_by(ScoreStep.step)
-        )
+    query = (
+        select(ScoreStep.step)
+        .where(ScoreStep.run_id == run_id, *_after(ScoreStep.step, since_step))
+        .order_by(ScoreStep.step)
     )
+    return list(_core(session).execute(query).scalars())
 
 
 def _layout(modules: Sequence[Module]) -> Layout:
@@ -83,36 +90,20 @@ def rank_matrix(session: Session, run_id: int, step: int | None) -> RankMatrix:
     )
 
 
-def _score_rows(
-    session: Session,
-    run_id: int,
-    steps: list[int],
-    all_after: int | None,
-    everything: bool,
-    slots: slice,
-) -> list[tuple[int, bytes, bytes]]:
-    """(step, scores of ``slots`` only, all masks) for ``steps``.
-
-    One range scan when no step was dropped, else lookups by key. Only the
-    byte range of the wanted modules' scores leaves the database.
-    """
-    part = func.substr(
-        ScoreStep.scores, slots.start * SCORE_DTYPE.itemsize + 1, _nbytes(slots), type_=LargeBinary
-    )
-    cols = select(ScoreStep.step, part, ScoreStep.masks).where(ScoreStep.run_id == run_id)
-    if everything:
-        query = cols.where(*_after(ScoreStep.step, all_after)).order_by(ScoreStep.step)
-        return [tuple(r) for r in session.execute(query)]
-    rows: list[tuple[int, bytes, bytes]] = []
-    for start in range(0, len(steps), _IN_CHUNK):
-        chunk = steps[start : start + _IN_CHUNK]
-        rows += [tuple(r) for r in session.execute(cols.where(ScoreStep.step.in_(chunk)))]
-    rows.sort(key=lambda r: r[0])
+def _rows_in(conn: Connection, query: Select, column: Any, values: Sequence[int]) -> list[Row]:
+    """``query`` restricted to ``column IN values``, in chunks the database accepts."""
+    rows: list[Row] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        rows += conn.execute(query.where(column.in_(values[start : start + _IN_CHUNK]))).all()
     return rows
 
 
-def _nbytes(slots: slice) -> int:
-    return (slots.stop - slots.start) * SCORE_DTYPE.itemsize
+def sample_steps(
+    conn: Connection, step: Any, where: Sequence[Any], max_points: int, keep: Iterable[int] = ()
+) -> list[int]:
+    """``pick_steps`` over the steps matching ``where`` (read from the primary-key index)."""
+    steps = list(conn.execute(select(step).where(*where).order_by(step)).scalars())
+    return pick_steps(steps, max_points, keep)
 
 
 def score_series(
@@ -138,18 +129,25 @@ def score_series(
         what = f"module {module!r}" if module is not None else f"modules in layer {layer}"
         raise NotFound(f"run {run_id} has no {what}")
 
-    steps = score_steps(session, run_id, since_step)
-    keep = session.scalars(
+    conn = _core(session)
+    where = (ScoreStep.run_id == run_id, *_after(ScoreStep.step, since_step))
+    keep = conn.execute(
         select(Event.step).where(
-            Event.run_id == run_id,
-            Event.kind.in_(PRUNING_KINDS),
-            *_after(Event.step, since_step),
+            Event.run_id == run_id, Event.kind.in_(PRUNING_KINDS), *_after(Event.step, since_step)
         )
-    )
-    chosen = pick_steps(steps, max_points, keep)
-    # the wanted modules' slots, as one range (a layer's modules are registered together)
+    ).scalars()
+    chosen = sample_steps(conn, ScoreStep.step, where, max_points, keep)
+    # the wanted modules' slots as one byte range (a layer's modules are registered together),
+    # so only those bytes of each row leave the database
     slots = slice(layout.span(wanted[0]).start, layout.span(wanted[-1]).stop)
-    rows = _score_rows(session, run_id, chosen, since_step, len(chosen) == len(steps), slots)
+    part = func.substr(
+        ScoreStep.scores,
+        slots.start * SCORE_DTYPE.itemsize + 1,
+        (slots.stop - slots.start) * SCORE_DTYPE.itemsize,
+        type_=LargeBinary,
+    )
+    query = select(ScoreStep.step, part, ScoreStep.masks).where(*where)
+    rows = sorted(_rows_in(conn, query, ScoreStep.step, chosen), key=lambda r: r[0])
     width = slots.stop - slots.start
     scores = np.frombuffer(b"".join(r[1] for r in rows), dtype=SCORE_DTYPE).reshape(-1, width)
     packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8)
@@ -198,16 +196,15 @@ def scalar_series(
     """Each key's values, downsampled to ``max_points``; keys without data are left out."""
     ensure_run(session, run_id)
     out: dict[str, Series] = {}
+    conn = _core(session)
     for key in dict.fromkeys(keys):
-        rows = session.execute(
-            select(Scalar.step, Scalar.value)
-            .where(Scalar.run_id == run_id, Scalar.key == key, *_after(Scalar.step, since_step))
-            .order_by(Scalar.step)
-        ).all()
-        if not rows:
+        where = (Scalar.run_id == run_id, Scalar.key == key, *_after(Scalar.step, since_step))
+        steps = sample_steps(conn, Scalar.step, where, max_points)
+        if not steps:
             continue
-        value_at = dict(rows)
-        steps = pick_steps([r.step for r in rows], max_points)
+        value_at = dict(
+            _rows_in(conn, select(Scalar.step, Scalar.value).where(*where), Scalar.step, steps)
+        )
         out[key] = Series.model_construct(steps=steps, values=[value_at[s] for s in steps])
     return ScalarSeries.model_construct(series=out)
 
