@@ -25,6 +25,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
         "intermediate.dense",
         "output.dense",
     ],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
@@ -34,6 +35,7 @@ _FAMILY_OF = {
     "xlm-roberta": "bert",
     "camembert": "bert",
     "electra": "bert",
+    "distilbert": "distilbert",
     "gpt2": "gpt2",
     "llama": "llama",
     "mistral": "llama",

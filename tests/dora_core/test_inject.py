@@ -10,7 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dora_core import DoraConfig, inject
 from dora_core.layer import DoraLayer
-from tests.dora_core.tiny_models import batch, tiny_bert, tiny_gpt2, tiny_llama
+from tests.dora_core.tiny_models import batch, tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 BERT_TYPES = [
     "attention.self.query",
@@ -24,7 +24,12 @@ BERT_TYPES = [
 
 @pytest.mark.parametrize(
     ("build", "layers", "head", "labels"),
-    [(tiny_bert, 12, "classifier", 2), (tiny_gpt2, 8, "score", 3), (tiny_llama, 14, "score", 2)],
+    [
+        (tiny_bert, 12, "classifier", 2),
+        (tiny_distilbert, 12, "classifier", 2),
+        (tiny_gpt2, 8, "score", 3),
+        (tiny_llama, 14, "score", 2),
+    ],
 )
 def test_defaults_and_identity_at_init(build, layers, head, labels):
     model = build()

@@ -6,6 +6,8 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
     LlamaConfig,
@@ -27,6 +29,14 @@ def tiny_bert(seed: int = 0, layers: int = 2) -> BertForSequenceClassification:
         num_labels=2,
     )
     return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_distilbert(seed: int = 0) -> DistilBertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=48, max_position_embeddings=64
+    )
+    return DistilBertForSequenceClassification(cfg).eval()
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2ForSequenceClassification:
