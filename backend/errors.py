@@ -22,6 +22,10 @@ class Conflict(RuntimeError):
     """409: the request is valid but clashes with the run's state."""
 
 
+class Busy(RuntimeError):
+    """429: the server is at a limit right now; the same request may work later."""
+
+
 class Invalid(ValueError):
     """422: one or more (loc, message[, type]) entries pointing into the request."""
 
@@ -52,6 +56,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Busy)
+    async def _busy(_request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=429)
 
     @app.exception_handler(Invalid)
     async def _invalid(_request: Request, exc: Invalid) -> JSONResponse:

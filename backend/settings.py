@@ -42,6 +42,8 @@ class Settings:
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
     cancel_grace_s: float = 15.0
+    # Workers this API runs at once; a launch beyond it is refused (429), not queued.
+    max_jobs: int = 4
     # How often the launcher's watcher looks for dead workers, and SSE polls.
     watch_interval_s: float = 1.0
     stream_interval_s: float = 0.5
@@ -108,6 +110,7 @@ class Settings:
             dataset_roots=paths("DORA_DATASET_ROOTS"),
             api_url=env.get("DORA_API_URL", ""),
             cancel_grace_s=number("DORA_CANCEL_GRACE_S", 15.0),
+            max_jobs=int(number("DORA_MAX_JOBS", 4, int)),
         )
 
 

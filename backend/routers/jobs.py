@@ -35,7 +35,12 @@ async def job_body(request: Request) -> Any:
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[Writer],
-    responses={**WRITE_AUTH, **UNPROCESSABLE, **TOO_LARGE},
+    responses={
+        **WRITE_AUTH,
+        **UNPROCESSABLE,
+        **TOO_LARGE,
+        429: {"description": "DORA_MAX_JOBS workers are already running"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

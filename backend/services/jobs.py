@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from backend.db import Database
-from backend.errors import Conflict, Invalid, NotFound
+from backend.errors import Busy, Conflict, Invalid, NotFound
 from backend.jobpaths import confine
 from backend.launcher import Launcher, LaunchSpec, WorkerExit
 from backend.models import FINAL_STATUSES, Event, Run, utcnow
@@ -60,6 +60,18 @@ def launch(db: Database, settings: Settings, launcher: Launcher, data: object) -
     config = checked_config(data, settings)
     token = secrets.token_urlsafe(32)
     with db.writer() as session:
+        # Launched here (it has an ingest token) and not seen to end; counted from the
+        # moment its row exists, so launches that overlap cannot both take the last slot.
+        live = session.scalar(
+            select(func.count())
+            .select_from(Run)
+            .where(Run.ingest_token_hash.is_not(None), Run.worker_exited_at.is_(None))
+        )
+        if live >= settings.max_jobs:
+            raise Busy(
+                f"{live} jobs are running, the limit of this API (DORA_MAX_JOBS={settings.max_jobs}); "
+                "wait for one to end or cancel one"
+            )
         run = new_run(config)
         run.ingest_token_hash = token_hash(token)
         session.add(run)
@@ -89,7 +101,8 @@ def launch(db: Database, settings: Settings, launcher: Launcher, data: object) -
     except OSError as exc:
         with db.writer() as session:
             run = lock_run(session, run.id)
-            run.status, run.error, run.finished_at = "failed", f"could not start: {exc}", utcnow()
+            run.status, run.error = "failed", f"could not start the worker: {exc}"
+            run.finished_at = run.worker_exited_at = utcnow()
             session.commit()
         return run
     with db.writer() as session:

@@ -311,3 +311,30 @@ def test_adapter_zip_has_the_adapter_files_and_nothing_outside(client, settings,
     with zipfile.ZipFile(io.BytesIO(resp.content)) as archive:
         assert {n: archive.read(n) for n in archive.namelist()} == files
     assert hashlib.sha256(resp.content).hexdigest()  # a real archive, read above
+
+
+def test_launches_beyond_the_job_limit_are_429_until_a_slot_frees(make_settings, stand_in) -> None:
+    with TestClient(create_app(make_settings(max_jobs=2), stand_in)) as client:
+        first, second = _launch(client, "sleep"), _launch(client, "sleep")
+        refused = client.post("/api/jobs", json={**JOB, "name": "sleep"})
+        assert refused.status_code == 429
+        assert "DORA_MAX_JOBS=2" in refused.json()["detail"]
+        assert client.get("/api/runs").json()["total"] == 2
+        _env_of(client, first["id"])
+        client.post(f"/api/jobs/{first['id']}/cancel")
+        _final(client, first["id"])  # its worker has exited: the slot is free
+        third = _launch(client, "sleep")
+        for run in (second, third):
+            client.post(f"/api/jobs/{run['id']}/cancel")
+            _final(client, run["id"])
+
+
+def test_a_worker_that_cannot_start_fails_its_run_and_frees_its_slot(
+    make_settings, tmp_path
+) -> None:
+    broken = LocalProcessLauncher(argv_prefix=(str(tmp_path / "no-such-python"),))
+    with TestClient(create_app(make_settings(max_jobs=1), broken)) as client:
+        for _ in range(2):
+            run = _launch(client, "ok")
+            assert run["status"] == "failed"
+            assert run["error"].startswith("could not start the worker: ")
