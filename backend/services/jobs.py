@@ -81,9 +81,7 @@ def launch(db: Database, settings: Settings, launcher: Launcher, data: object) -
         run.run_dir = str(run_dir)
         run.config = resolved.model_dump(mode="json")
         session.commit()
-    run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
-    job_file.write_text(json.dumps(run.config, indent=2) + "\n", encoding="utf-8")
     spec = LaunchSpec(
         run_id=run.id,
         job_file=job_file,
@@ -97,8 +95,10 @@ def launch(db: Database, settings: Settings, launcher: Launcher, data: object) -
         },
     )
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(run.config, indent=2) + "\n", encoding="utf-8")
         handle = launcher.start(spec)
-    except OSError as exc:
+    except OSError as exc:  # disk full, no such interpreter, ...: the run ends here
         with db.writer() as session:
             run = lock_run(session, run.id)
             run.status, run.error = "failed", f"could not start the worker: {exc}"
