@@ -42,7 +42,7 @@ def dora_run(tiny_bert, sentiment_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("dora-run")
     torch.set_num_threads(1)
     job = parse_job_config(
-        tiny_job(tiny_bert, sentiment_csv, out, lr=0.01, max_steps=T, eval_every=100)
+        tiny_job(tiny_bert, sentiment_csv, out, lr=0.02, max_steps=T, eval_every=100)
     )
     try:
         outcome = train(job, telemetry=Telemetry(api_url=api.url), progress=False)
@@ -54,7 +54,7 @@ def dora_run(tiny_bert, sentiment_csv, tmp_path_factory):
 def test_dora_learns_the_task(dora_run) -> None:
     outcome, _ = dora_run
     assert outcome.status == "completed"
-    assert outcome.result["metrics"]["accuracy"] >= 0.7  # chance is 0.5
+    assert outcome.result["metrics"]["accuracy"] >= 0.75  # chance is 0.5
     assert outcome.result["best"]["key"] == "eval/accuracy"
 
 
