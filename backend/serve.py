@@ -71,10 +71,25 @@ def _start_demo(api: str) -> int | None:
     return None
 
 
-def _cancel_demo(api: str, run_id: int) -> None:
-    """Jobs outlive an API restart on purpose; the demo is ours, so it stops with us."""
+def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0) -> None:
+    """Jobs outlive an API restart on purpose; the demo is ours, so it stops with us.
+
+    Waits (while the API is still up) for the worker to checkpoint, send its
+    last telemetry and exit, so its run ends recorded rather than spooled.
+    """
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(), timeout=10.0)
+        resp = httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(), timeout=10.0)
+        if resp.status_code == 409:  # it had already ended
+            return
+        print("waiting for the demo job to checkpoint and exit...", flush=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if (
+                httpx.get(f"{api}/api/runs/{run_id}", timeout=5.0).json().get("exit_code")
+                is not None
+            ):
+                return
+            time.sleep(0.5)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
