@@ -8,12 +8,14 @@ start time) is adopted and watched; one that is gone is recorded as ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
 from sqlalchemy import select
 
 from backend.db import Database
+from backend.errors import NotFound
 from backend.launcher import Launcher
 from backend.models import Run
 from backend.services.jobs import record_exit
@@ -36,7 +38,8 @@ def check_workers(db: Database, launcher: Launcher) -> list[int]:
         except ValueError:  # a handle some other launcher wrote
             continue
         if result is not None:
-            record_exit(db, run_id, result)
+            with contextlib.suppress(NotFound):  # deleted meanwhile
+                record_exit(db, run_id, result)
             ended.append(run_id)
     return ended
 
