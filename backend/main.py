@@ -14,7 +14,7 @@ from backend.launcher import Launcher, LocalProcessLauncher
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
 from backend.security import BodyLimit
 from backend.settings import Settings
-from backend.watcher import Watcher, check_workers
+from backend.watcher import Watcher, reconcile
 from dora_core import __version__
 
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         db = Database(settings.database_url, settings.sqlite_busy_timeout_s)
         db.migrate()
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        check_workers(db, launcher)  # reconcile runs left by an earlier API process
+        reconcile(db, launcher)  # runs left open by an earlier API process
         watcher = Watcher(db, launcher, settings.watch_interval_s)
         watcher.start()
         app.state.db = db

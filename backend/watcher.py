@@ -1,9 +1,10 @@
 """Noticing workers that ended, including those left by an earlier API process.
 
 One pass looks at every run whose worker has not been seen to end and asks
-the launcher about it. The same pass at start-up reconciles runs left
-"running" by a previous API process: a worker still alive (same pid and
-start time) is adopted and watched; one that is gone is recorded as ended.
+the launcher about it. At start-up, ``reconcile`` runs the same pass over
+runs left "running" by a previous API process: a worker still alive (same
+pid and start time) is adopted and watched; one that is gone is recorded as
+ended.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from backend.db import Database
 from backend.errors import NotFound
 from backend.launcher import Launcher
-from backend.models import Run
+from backend.models import FINAL_STATUSES, Run, utcnow
 from backend.services.jobs import record_exit
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,31 @@ def check_workers(db: Database, launcher: Launcher) -> list[int]:
                 record_exit(db, run_id, result)
             ended.append(run_id)
     return ended
+
+
+def reconcile(db: Database, launcher: Launcher) -> None:
+    """At start-up, before serving: close what an earlier API process left open.
+
+    Runs it launched but never got to start a worker for (it stopped between
+    creating the run and starting the process) fail; the rest is one
+    ``check_workers`` pass (live workers adopted, ended ones recorded).
+    """
+    with db.writer() as session:
+        orphans = session.scalars(
+            select(Run).where(
+                Run.ingest_token_hash.is_not(None),
+                Run.worker_handle.is_(None),
+                Run.worker_exited_at.is_(None),
+            )
+        ).all()
+        now = utcnow()
+        for run in orphans:
+            run.worker_exited_at = run.updated_at = now
+            if run.status not in FINAL_STATUSES:
+                run.status, run.finished_at = "failed", now
+                run.error = "the API stopped before it could start this job's worker"
+        session.commit()
+    check_workers(db, launcher)
 
 
 class Watcher:

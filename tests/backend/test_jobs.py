@@ -338,3 +338,25 @@ def test_a_worker_that_cannot_start_fails_its_run_and_frees_its_slot(
             run = _launch(client, "ok")
             assert run["status"] == "failed"
             assert run["error"].startswith("could not start the worker: ")
+
+
+class _DiesWhileStarting(LocalProcessLauncher):
+    """The API process failing between creating a run and starting its worker."""
+
+    def start(self, spec):
+        raise RuntimeError("the API went down here")
+
+
+def test_restart_fails_runs_whose_worker_was_never_started(make_settings, stand_in) -> None:
+    with TestClient(
+        create_app(make_settings(), _DiesWhileStarting()), raise_server_exceptions=False
+    ) as first:
+        assert first.post("/api/jobs", json={**JOB, "name": "ok"}).status_code == 500
+        [orphan] = first.get("/api/runs").json()["items"]
+        assert orphan["status"] == "queued"
+    with TestClient(create_app(make_settings(max_jobs=1), stand_in)) as second:
+        run = second.get(f"/api/runs/{orphan['id']}").json()
+        assert run["status"] == "failed"
+        assert run["error"] == "the API stopped before it could start this job's worker"
+        ok = _launch(second, "ok")  # the orphan no longer holds the only slot
+        assert _final(second, ok["id"])["status"] == "completed"
