@@ -1,0 +1,167 @@
+"""The study runner: which cells run, in which order, what a rerun skips, user errors.
+
+Most tests replace the one thing that trains (``CellRunner.run``) with a stand-in
+that returns a record whose scores the test chose, so the scheduling is checked
+against hand-written expectations in milliseconds; the last test trains a tiny
+real cell through the real worker and MiniLM.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pytest
+
+from bench import study
+from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
+from dora_core.presets import DATASETS, MODELS
+
+GRID = Grid(
+    name="t",
+    datasets=(
+        DatasetPlan("sms-spam", steps=10, max_length=24, max_train=64, max_dev=16),
+        DatasetPlan("bbc-news", steps=10, max_length=24, max_train=64, max_dev=16),
+    ),
+    budgets=(2, 8),
+    seeds=(0, 1),
+    lrs=(1e-3, 3e-3),
+)
+
+# Stand-in dev scores: dora is best at 3e-3, the baselines at 1e-3.
+F1 = {("dora", 1e-3): 0.5, ("dora", 3e-3): 0.9, ("lora", 1e-3): 0.8, ("lora", 3e-3): 0.6}
+F1 |= {("adalora", 1e-3): 0.7, ("adalora", 3e-3): 0.4}
+
+
+class FakeRunner:
+    """Records which cells were asked for; returns a record like the real one's."""
+
+    calls: ClassVar[list[Cell]] = []
+
+    def __init__(self, grid, files, layout, api=None, threads=1):
+        self.grid = grid
+
+    def run(self, cell: Cell) -> dict:
+        FakeRunner.calls.append(cell)
+        f1 = F1[(cell.method, cell.lr)]
+        return {
+            "key": cell.key(self.grid),
+            "phase": cell.phase,
+            "dataset": cell.dataset,
+            "method": cell.method,
+            "budget": cell.budget,
+            "seed": cell.seed,
+            "lr": cell.lr,
+            "macro_f1": f1,
+            "accuracy": f1,
+        }
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    FakeRunner.calls = []
+    monkeypatch.setattr(study, "CellRunner", FakeRunner)
+    monkeypatch.setattr(study, "module_layout", lambda model: {})
+    return study.Files(GRID, tmp_path / "results", tmp_path / "runs")
+
+
+def test_search_then_grid_with_the_chosen_lr(fake) -> None:
+    summary = study.run_study(GRID, fake, jobs=1, progress=False)
+    calls = FakeRunner.calls
+    # 2 datasets x (6 search cells + 12 grid cells - 3 reused from the search) = 30 trained.
+    assert summary["cells_run"] == len(calls) == 30
+    assert [c.phase for c in calls[:6]] == ["search"] * 6 and calls[0].dataset == "sms-spam"
+    chosen = {"dora": 3e-3, "lora": 1e-3, "adalora": 1e-3}
+    finals = [c for c in calls if c.phase == "final"]
+    assert all(c.lr == chosen[c.method] for c in finals)
+    assert not any(c.seed == 0 and c.budget == 8 for c in finals)  # those come from the search
+    records = ResultFile(fake.cells.path).records()
+    assert len(records) == 24 and sum(bool(r.get("from_search")) for r in records) == 6
+    assert summary["complete"] is True
+
+
+def test_rerun_skips_finished_cells_and_redoes_a_torn_one(fake) -> None:
+    study.run_study(GRID, fake, jobs=2, progress=False)
+    assert len(FakeRunner.calls) == 30
+    # A crash while writing the last grid line: that cell's line is torn.
+    lines = fake.cells.path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    fake.cells.path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+    FakeRunner.calls = []
+    summary = study.run_study(GRID, fake, jobs=2, progress=False)
+    assert [(c.dataset, c.method, c.budget, c.seed) for c in FakeRunner.calls] == [
+        (last["dataset"], last["method"], last["budget"], last["seed"])
+    ]
+    assert summary["cells_run"] == 1
+    FakeRunner.calls = []
+    assert study.run_study(GRID, fake, jobs=2, progress=False)["cells_run"] == 0
+    assert FakeRunner.calls == []
+
+
+def test_grid_waits_for_the_whole_search_of_its_dataset(fake) -> None:
+    # Only part of sms-spam's search is on file: its grid cannot start, the rest of the
+    # search (and the next dataset's) can.
+    for cell in search_cells(GRID)[:4]:
+        fake.search.append(FakeRunner(GRID, fake, {}).run(cell))
+    plan = study.Study(GRID, fake)
+    assert plan.chosen_lr("sms-spam") is None
+    first = plan.next_cell()
+    assert (first.phase, first.dataset, first.method, first.lr) == (
+        "search",
+        "sms-spam",
+        "adalora",
+        1e-3,
+    )
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str]:
+    code = study.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(capsys) -> None:
+    code, err = run_main(capsys, "--jobs", "0")
+    assert code == 2 and err.strip() == "study: error: --jobs: must be at least 1"
+    code, err = run_main(capsys, "--api", "localhost:8000")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "http(s) URL" in err
+
+
+@pytest.mark.slow
+def test_one_tiny_real_cell_end_to_end(tmp_path) -> None:
+    for preset in (MODELS["minilm"], DATASETS["sms-spam"]):
+        if not preset.available:
+            pytest.skip(f"{preset.name} is not installed ({preset.install_hint})")
+    grid = Grid(
+        name="tiny",
+        datasets=(DatasetPlan("sms-spam", steps=4, max_length=16, max_train=32, max_dev=16),),
+        methods=("dora",),
+        budgets=(2,),
+        seeds=(0,),
+        lrs=(1e-3,),
+        search_budget=2,
+    )
+    files = study.Files(grid, tmp_path / "results", tmp_path / "runs")
+    summary = study.run_study(grid, files, jobs=1, threads=1, progress=False)
+    assert summary["cells_run"] == 1 and summary["complete"]
+    (record,) = ResultFile(files.cells.path).records()
+    assert record["from_search"] and record["phase"] == "final"
+    assert (record["steps"], record["train_size"], record["dev_size"]) == (4, 32, 16)
+    assert 0 <= record["accuracy"] <= 1 and record["wall_s"] >= record["train_s"] > 0
+    # b(T) = 2 over MiniLM's 36 projections: 72 live components at the end.
+    assert len(record["rank_pattern"]) == 36
+    assert sum(row["live"] for row in record["rank_pattern"]) == 72
+    assert {row["layer"] for row in record["rank_pattern"]} == set(range(6))
+    # The compacted factors the worker counts are exactly the live components:
+    # attention projections 384 + 384 + 1 per component, FFN ones 384 + 1536 + 1.
+    sizes = {"intermediate.dense": 1921, "output.dense": 1921}
+    expected = sum(row["live"] * sizes.get(row["type"], 769) for row in record["rank_pattern"])
+    assert record["adapter_params"] == record["live_adapter_params"] == expected
+    assert record["head_params"] == 384 * 2 + 2
+    assert (tmp_path / record["run_dir"] / "result.json").is_file() or (
+        files.runs / Cell("search", "sms-spam", "dora", 2, 0, 1e-3).slug(grid) / "result.json"
+    ).is_file()
+    # A rerun trains nothing.
+    assert study.run_study(grid, files, jobs=1, threads=1, progress=False)["cells_run"] == 0
