@@ -28,7 +28,13 @@ def main() -> int:
         return 2
     from backend.main import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # Live streams (SSE) stay open until their run ends; shutdown does not wait for them.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.api_port),
                 "--log-level",
                 "warning",
+                # live streams (SSE) stay open until a run ends: do not wait for them
+                "--timeout-graceful-shutdown",
+                "5",
             ],
             env=env,
             start_new_session=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +149,65 @@ def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: DORA_API_PORT='x'")
+
+
+@pytest.mark.slow
+def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path) -> None:
+    """A dashboard holding a run's SSE stream open must not keep Ctrl-C from stopping the API."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "DORA_DATA_DIR": str(tmp_path), "DORA_API_PORT": str(port)}
+    for key in ("DATABASE_URL", "DORA_API_TOKEN", "DORA_API_HOST"):
+        env.pop(key, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/api/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        run_id = httpx.post(f"{url}/api/runs", json={"config": {}}).json()["id"]
+        httpx.post(
+            f"{url}/api/runs/{run_id}/register", json={"modules": MODULES}
+        ).raise_for_status()
+        first: list[str] = []
+
+        def listen() -> None:
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream("GET", f"{url}/api/runs/{run_id}/stream", timeout=30) as resp,
+            ):
+                for line in resp.iter_lines():
+                    first.append(line)
+
+        threading.Thread(target=listen, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("data:") for line in first):
+            assert time.monotonic() < deadline, first
+            time.sleep(0.05)
+        assert 'data: {"step": null, "status": "running"}' in first
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
