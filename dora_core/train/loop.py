@@ -61,6 +61,7 @@ class Telemetry:
     run_id: int | None = None
     token: str | None = None
     report_every: int | None = None  # overrides the job's report_every
+    close_timeout: float = 15.0  # seconds to wait for the API at the end before leaving a spool
 
 
 @dataclass
@@ -411,6 +412,15 @@ def train(
         run_dir = _shared_run_dir(job, Path(run_dir) if run_dir else None)
         if job.output_dir != str(run_dir):
             job = job.model_copy(update={"output_dir": str(run_dir)})
+        if resume and (run_dir / RESULT_FILE).is_file():
+            # Nothing left to train; only telemetry the API never acknowledged.
+            _setup_logging(None)
+            log.info(
+                "%s already finished; replaying telemetry the API has not acknowledged", run_dir
+            )
+            reporter = _make_reporter(job, run_dir, telemetry)
+            result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+            return Outcome("completed", run_dir, result)
         try:
             plan = prepare(job, run_dir, resume=resume, world_size=ddp.world_size())
         except JobConfigError as exc:
@@ -438,9 +448,12 @@ def train(
         reporter.event(step, "failed", message, {"traceback": traceback.format_exc()}, force=True)
         raise
     finally:
-        if not reporter.close(timeout=15):
+        if not reporter.close(timeout=telemetry.close_timeout):
             log.warning(
-                "telemetry API unreachable; unsent batches stay in the spool of %s", run_dir
+                "telemetry not fully delivered (%s); the rest waits in %s/telemetry-spool.jsonl "
+                "and goes out with `dora train --resume`",
+                getattr(reporter, "last_error", None),
+                run_dir,
             )
         if handler is not None:
             logging.getLogger("dora").removeHandler(handler)
@@ -457,10 +470,6 @@ def _run(
     progress: bool,
 ) -> Outcome:
     job = plan.job
-    if resume and (plan.run_dir / RESULT_FILE).exists():
-        raise JobConfigError(
-            [("", f"{plan.run_dir} already finished (result.json exists); nothing to resume")]
-        )
     worker = Worker(plan, device, reporter, telemetry.report_every or job.report_every)
     state = checkpoint.load_latest(plan.run_dir) if resume else None
     try:

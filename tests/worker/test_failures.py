@@ -54,3 +54,25 @@ def test_a_bad_job_from_the_launcher_is_reported_before_exiting(
     (event,) = failed_events(launched)
     assert event["message"].startswith("dataset: file")
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_finished_run_replays_its_spool_on_resume(tiny_bert, sentiment_csv, tmp_path) -> None:
+    from dora_core.jobconfig import parse_job_config
+    from dora_core.telemetry import SPOOL_FILE, read_metrics
+    from dora_core.train.loop import Telemetry, train
+
+    api = FakeApi()  # down for the whole run
+    job = parse_job_config(tiny_job(tiny_bert, sentiment_csv, tmp_path / "run", max_steps=20))
+    train(job, telemetry=Telemetry(api_url=api.url, close_timeout=0.5), progress=False)
+    assert (tmp_path / "run" / SPOOL_FILE).read_text().strip()  # everything waits in the spool
+    api.start()
+    try:
+        again = Telemetry(api_url=api.url)
+        outcome = train(job, run_dir=tmp_path / "run", resume=True, telemetry=again, progress=False)
+    finally:
+        api.stop()
+    assert outcome.status == "completed"
+    assert (tmp_path / "run" / SPOOL_FILE).read_text() == ""
+    assert len(api.runs) == 1 and len(api.registrations) == 1
+    sent = sorted((r["type"], r["step"]) for r in api.records())
+    assert sent == sorted((r["type"], r["step"]) for r in read_metrics(tmp_path / "run"))
