@@ -324,16 +324,20 @@ class Study:
         return None
 
     def remaining_cost(self) -> tuple[int, float]:
-        """(cells, cost units) still to train, lr-independent, for the progress bar."""
+        """(cells, cost units) still to train, for the progress bar. Before a dataset's lr is
+        known its grid cells are counted with a stand-in lr (the cost does not depend on
+        it), less the ones the search will provide."""
         todo = [c for c in search_cells(self.grid) if self._open(c)]
         for plan in self.grid.datasets:
-            lrs = self.chosen_lr(plan.name) or dict.fromkeys(self.grid.methods, self.grid.lrs[0])
+            known = self.chosen_lr(plan.name)
+            lrs = known or dict.fromkeys(self.grid.methods, self.grid.lrs[0])
             for cell in final_cells(self.grid, plan.name, lrs):
-                reused = (
-                    cell.seed == self.grid.search_seed and cell.budget == self.grid.search_budget
+                from_search = (cell.seed, cell.budget) == (
+                    self.grid.search_seed,
+                    self.grid.search_budget,
                 )
-                if self.chosen_lr(plan.name) is None and reused:
-                    continue  # will come from the search
+                if known is None and from_search:
+                    continue
                 if self._open(cell) and cell.key(self.grid) not in self.search_done:
                     todo.append(cell)
         return len(todo), sum(c.cost(self.grid) for c in todo)

@@ -227,9 +227,10 @@ def group(
 
 # --- the two grids --------------------------------------------------------------------------
 
-# Sizes from measured cells (docs/results.md, "Budget"): one optimizer step at 16 x 48 tokens
-# costs about 0.35 s of one core (1.5 s wall with the machine shared), 128 tokens about 2.7x.
-# A step count under one epoch of the train cap, so no example is seen twice.
+# Sized from measured cells: one optimizer step at 16 x 48 tokens costs about 0.35 s of one
+# core (0.45 s wall with two cells at once on an idle 2-core machine, 1.3 s or more while
+# other work shares it), 128 tokens about 2.7x; the time per cell is in docs/results.md.
+# Steps stay under one epoch of the train cap, so no example is seen twice.
 FULL = Grid(
     name="full",
     datasets=(

@@ -124,7 +124,8 @@ def test_report_from_jsonl_files(tmp_path) -> None:
     ]
     records.append(record("lora", 0, 0.5, 0.4))
     write(results / "full-cells.jsonl", records)
-    (results / "full-cells.jsonl").open("a").write('{"key": "torn", "dataset"')
+    with (results / "full-cells.jsonl").open("a") as fh:
+        fh.write('{"key": "torn", "dataset"')  # a crash mid-line: ignored
     out = study_report.write_report(results, tmp_path / "results.md")
     text = out.read_text()
     assert "**Status:** 4 of 72 grid cells" in text

@@ -9,6 +9,7 @@ real cell through the real worker and MiniLM.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -160,8 +161,6 @@ def test_one_tiny_real_cell_end_to_end(tmp_path) -> None:
     expected = sum(row["live"] * sizes.get(row["type"], 769) for row in record["rank_pattern"])
     assert record["adapter_params"] == record["live_adapter_params"] == expected
     assert record["head_params"] == 384 * 2 + 2
-    assert (tmp_path / record["run_dir"] / "result.json").is_file() or (
-        files.runs / Cell("search", "sms-spam", "dora", 2, 0, 1e-3).slug(grid) / "result.json"
-    ).is_file()
+    assert (Path(record["run_dir"]) / "adapter" / "adapter_config.json").is_file()
     # A rerun trains nothing.
     assert study.run_study(grid, files, jobs=1, threads=1, progress=False)["cells_run"] == 0
