@@ -29,6 +29,8 @@ JOB_FILE = "job.json"
 WORKER_LOG = "worker.log"
 RESULT_FILE = "result.json"
 LOG_TAIL_ON_FAILURE = 20
+# The worker's exit status after a checkpointed stop on SIGTERM / Ctrl-C (docs/protocol.md).
+CANCELLED_EXITS = (143, 130)
 
 
 def token_hash(token: str) -> str:
@@ -122,6 +124,11 @@ def cancel(db: Database, settings: Settings, launcher: Launcher, run_id: int) ->
             raise Conflict(
                 f"run {run_id} was not launched by this API; stop its worker where it runs"
             )
+        if run.worker_exited_at is not None:  # e.g. resumed by hand after its worker ended
+            raise Conflict(
+                f"run {run_id}'s worker under this API has ended; stop the one reporting now "
+                "where it runs"
+            )
         now = utcnow()
         run.status, run.finished_at, run.updated_at = "cancelled", now, now
         # At the last event's step, so the worker's own closing events still fit after it.
@@ -180,7 +187,8 @@ def record_exit(db: Database, run_id: int, ended: WorkerExit) -> None:
     """A worker is gone: store how, and fail the run if it had not finished.
 
     Exit status 0, or an unknown status with the worker's ``result.json``
-    written, counts as completed even if the final event never arrived.
+    written, counts as completed even if the final event never arrived; 143
+    or 130 (stopped by a signal after a checkpoint) as cancelled.
     """
     with db.writer() as session:
         run = lock_run(session, run_id)
@@ -194,6 +202,8 @@ def record_exit(db: Database, run_id: int, ended: WorkerExit) -> None:
             run.finished_at = now
             if finished:
                 run.status = "completed"
+            elif ended.code in CANCELLED_EXITS:
+                run.status = "cancelled"
             else:
                 tail = tail_lines(run_dir / WORKER_LOG, LOG_TAIL_ON_FAILURE) if run_dir else []
                 last = next((line.strip() for line in reversed(tail) if line.strip()), "")

@@ -83,6 +83,9 @@ STAND_IN = textwrap.dedent(
         sys.exit(3)
     if mode == "ok":
         sys.exit(0)
+    if mode == "interrupted":  # the worker stopped by a signal after its checkpoint
+        print("cancelled by SIGTERM at step 3", flush=True)
+        sys.exit(143)
     if mode == "sleep":
         def on_term(signum, frame):
             print("got SIGTERM, checkpointing", flush=True)

@@ -358,3 +358,22 @@ def test_restart_fails_runs_whose_worker_was_never_started(make_settings, stand_
         assert run["error"] == "the API stopped before it could start this job's worker"
         ok = _launch(second, "ok")  # the orphan no longer holds the only slot
         assert _final(second, ok["id"])["status"] == "completed"
+
+
+def test_a_worker_stopped_by_a_signal_after_its_checkpoint_is_cancelled(client) -> None:
+    """Exit 143 without the ``cancelled`` event reaching us (SIGTERM from elsewhere)."""
+    run = _launch(client, "interrupted")
+    ended = _final(client, run["id"])
+    assert (ended["status"], ended["exit_code"], ended["error"]) == ("cancelled", 143, None)
+    again = client.post(f"/api/jobs/{run['id']}/cancel")
+    assert again.status_code == 409
+
+
+def test_cancel_is_409_once_our_worker_has_ended_even_if_the_run_was_resumed(client) -> None:
+    run = _launch(client, "exit-3")
+    _final(client, run["id"])
+    modules = [{"name": "m", "layer": 0, "type": "q", "shape": [2, 2], "rank": 2}]
+    resumed = client.post(f"/api/runs/{run['id']}/register", json={"modules": modules}).json()
+    assert resumed["status"] == "running"  # `dora train --resume` by hand
+    resp = client.post(f"/api/jobs/{run['id']}/cancel")
+    assert resp.status_code == 409 and "has ended" in resp.json()["detail"]
