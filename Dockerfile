@@ -28,4 +28,4 @@ RUN pip install --no-cache-dir '.[train,server,dashboard]' 'psycopg[binary]>=3.1
 
 VOLUME ["/data"]
 EXPOSE 8000 8050
-CMD ["uvicorn", "backend.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "backend"]
