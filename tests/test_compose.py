@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -66,3 +67,16 @@ def test_docker_compose_config_validates(profile: str | None) -> None:
     assert {"api", "dashboard"} <= set(rendered["services"])
     if profile:
         assert "postgres" in rendered["services"]
+
+
+def test_compose_refuses_to_start_without_a_token() -> None:
+    """The API listens beyond loopback inside its container, so a token is mandatory."""
+    cmd = _compose_cmd()
+    if cmd is None:
+        pytest.skip("no `docker compose` plugin and no docker-compose binary on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "DORA_API_TOKEN"}
+    out = subprocess.run(
+        [*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+    )
+    assert out.returncode != 0
+    assert "DORA_API_TOKEN" in out.stderr
