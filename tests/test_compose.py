@@ -60,7 +60,12 @@ def test_docker_compose_config_validates(profile: str | None) -> None:
     if profile:
         args += ["--profile", profile]
     out = subprocess.run(
-        [*args, "config"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+        [*args, "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        env={**os.environ, "DORA_API_TOKEN": "test-token"},
     )
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
