@@ -399,6 +399,29 @@ def run_study(
     runner = CellRunner(grid, files, layout, api=api, threads=threads)
     todo_cells, todo_cost = study.remaining_cost()
     ran, failures = 0, []
+    session = {
+        "key": f"session-{started.isoformat(timespec='seconds')}",
+        "grid": grid.name,
+        "started": started.isoformat(timespec="seconds"),
+        "jobs": jobs,
+        "threads": threads,
+        "api": bool(api),
+        "machine": machine(),
+    }
+
+    def log_session() -> dict[str, Any]:
+        """The session so far; rewritten (same key, the last line wins) after every cell, so
+        a study killed outright still leaves its time on record."""
+        line = {
+            **session,
+            "wall_s": round(time.monotonic() - clock, 1),
+            "cells_run": ran,
+            "cells_failed": len(failures),
+            "complete": study.remaining_cost()[0] == 0 and not failures,
+        }
+        files.sessions.append(line)
+        return line
+
     bar = tqdm(
         total=round(todo_cost),
         unit="u",
@@ -432,6 +455,7 @@ def run_study(
                         continue
                     study.finish(cell, record)
                     ran += 1
+                    log_session()
                     bar.update(round(cell.cost(grid)))
                     bar.set_postfix_str(
                         f"{ran}/{todo_cells} cells; {cell.label}: acc {record['accuracy']:.3f}"
@@ -445,20 +469,7 @@ def run_study(
     finally:
         pool.shutdown(wait=True)
         signal.signal(signal.SIGTERM, old_term)
-        summary = {
-            "key": f"session-{started.isoformat(timespec='seconds')}",
-            "grid": grid.name,
-            "started": started.isoformat(timespec="seconds"),
-            "wall_s": round(time.monotonic() - clock, 1),
-            "cells_run": ran,
-            "cells_failed": len(failures),
-            "complete": study.remaining_cost()[0] == 0 and not failures,
-            "jobs": jobs,
-            "threads": threads,
-            "api": bool(api),
-            "machine": machine(),
-        }
-        files.sessions.append(summary)
+        summary = log_session()
     summary["failures"] = failures
     return summary
 

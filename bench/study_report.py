@@ -49,10 +49,13 @@ STUDY_COMMAND = ".venv/bin/python bench/study.py"
 
 def load(results_dir: Path, grid: str) -> dict[str, list[dict[str, Any]]]:
     """The three JSONL files of one grid (missing files read as empty)."""
-    return {
+    parts = {
         part: ResultFile(results_dir / f"{grid}-{part}.jsonl").records()
-        for part in ("search", "cells", "sessions")
+        for part in ("search", "cells")
     }
+    # A session rewrites its line after every cell; the last one per key counts.
+    parts["sessions"] = list(ResultFile(results_dir / f"{grid}-sessions.jsonl").done().values())
+    return parts
 
 
 def finals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

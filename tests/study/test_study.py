@@ -82,6 +82,10 @@ def test_search_then_grid_with_the_chosen_lr(fake) -> None:
     records = ResultFile(fake.cells.path).records()
     assert len(records) == 24 and sum(bool(r.get("from_search")) for r in records) == 6
     assert summary["complete"] is True
+    # one session, its line rewritten after every cell: the last one has the totals
+    (session,) = ResultFile(fake.sessions.path).done().values()
+    assert (session["cells_run"], session["complete"], session["jobs"]) == (30, True, 1)
+    assert len(ResultFile(fake.sessions.path).records()) == 31  # 30 cells + the closing line
 
 
 def test_rerun_skips_finished_cells_and_redoes_a_torn_one(fake) -> None:
