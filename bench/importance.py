@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -158,7 +159,7 @@ def main() -> None:
         print(f"same scores: {name:24} max relative error vs float64 definition {worst:.1e}")
 
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
+    for _ in tqdm(range(args.repeats), desc="timing rounds"):
         for name, fn in variants.items():
             inner = 1 if fn is naive_all else 20  # the closed forms are fast
             start = time.perf_counter()

@@ -124,16 +124,18 @@ class DoraTuner:
         self.frozen = False
         self.compacted = False
         self.merged = False
-        self._info = [
-            {
-                "name": name,
-                "layer": block_position(model, name)[0],
-                "type": block_position(model, name)[1],
-                "shape": list(layer.shape),
-                "rank": layer.init_rank,
-            }
-            for name, layer in layers.items()
-        ]
+        self._info = []
+        for name, layer in layers.items():
+            block, kind = block_position(model, name)
+            self._info.append(
+                {
+                    "name": name,
+                    "layer": block,
+                    "type": kind,
+                    "shape": list(layer.shape),
+                    "rank": layer.init_rank,
+                }
+            )
 
     # --- what the training loop uses ---
     @property
