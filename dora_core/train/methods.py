@@ -7,9 +7,11 @@
   prune_interval, total_step = T).
 - ``full``: every weight trains.
 
-Telemetry is comparable across methods: scores are Eq. 7 shares
-(``component_importance``) of each layer's current factors, masks are the
-live components (all live for LoRA; AdaLoRA's rank pattern).
+Telemetry is comparable across methods: DoRA sends its smoothed scores
+(Eq. 8), LoRA and AdaLoRA the Eq. 7 shares (``component_importance``) of
+each layer's current factors (AdaLoRA's own sensitivity scores are not
+shares); masks are the live components (all live for LoRA, AdaLoRA's rank
+pattern).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class StepResult:
 
 
 def dora_config(job: JobConfig, total_steps: int) -> DoraConfig:
+    """The library config for a job; T is only known once the data is split."""
     return DoraConfig(
         total_steps=total_steps,
         target_rank=job.target_rank,
