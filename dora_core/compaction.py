@@ -20,15 +20,13 @@ from dora_core.layer import DoraLayer
 
 def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The torch optimizer inside wrappers such as accelerate's AcceleratedOptimizer."""
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer):
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None or seen > 8:
-            raise TypeError(
-                f"compact: {type(optimizer).__name__} is not a torch.optim.Optimizer "
-                "(nor wraps one in .optimizer)"
-            )
-        optimizer, seen = inner, seen + 1
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"compact: {type(optimizer).__name__} is not a torch.optim.Optimizer "
+            "(nor wraps one in .optimizer)"
+        )
     return optimizer
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dora_core import DoraConfig, inject
+from dora_core.compaction import unwrap_optimizer
 from tests.dora_core.reference import cubic_budget, naive_importance, top_k_lowest_index
 from tests.dora_core.tiny_models import batch, tiny_bert
 
@@ -263,3 +264,22 @@ def test_compaction_while_the_last_loss_graph_is_still_referenced():
         opt.zero_grad()
         assert info.compacted == (t == 20)
     assert tuner.compacted and torch.isfinite(loss)
+
+
+def test_compaction_through_accelerates_optimizer_wrapper():
+    from accelerate import Accelerator
+
+    model, tuner = make(seed=4)
+    opt = Accelerator(cpu=True).prepare(optimizer_for(tuner))
+    for t in range(1, 21):
+        train_step(model, tuner, opt, t)
+        info = tuner.step(opt)
+        opt.zero_grad()
+    assert info.compacted
+    inner = opt.optimizer
+    for layer in tuner.layers.values():
+        assert inner.state[layer.dora_A]["exp_avg"].shape == layer.dora_A.shape
+    train_step(model, tuner, opt, 21)  # AdamW keeps going on the sliced state
+    assert unwrap_optimizer(opt) is inner
+    with pytest.raises(TypeError, match=r"not a torch\.optim\.Optimizer"):
+        unwrap_optimizer(object())
