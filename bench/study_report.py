@@ -280,13 +280,14 @@ def draw_heatmaps(
     fig = compare_rank_heatmaps(items, r_max=r_max)
     fig.update_layout(
         title={
-            "text": f"DoRA: final live components per module, b(T)={budget}, r'={r_max} (mean over seeds)",
+            "text": f"DoRA: final live components per module<br>b(T)={budget}, r'={r_max}, mean over seeds",
             "x": 0.01,
         },
-        margin={"t": 90},
+        margin={"t": 110},
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_image(str(path), width=420 * len(items) + 120, height=fig.layout.height + 40, scale=1)
+    width = max(640, 420 * len(items) + 120)
+    fig.write_image(str(path), width=width, height=fig.layout.height + 60, scale=1)
     return matrices
 
 
