@@ -294,6 +294,34 @@ def draw_heatmaps(
 # --- the reading -----------------------------------------------------------------------------
 
 
+def did_not_learn(record: dict[str, Any]) -> bool:
+    """A run whose dev macro-F1 stays within 0.02 of 1/classes: it predicts (almost) one class
+    for everything, i.e. training never took off (sms-spam all-ham scores 0.46, a balanced
+    binary set 0.33)."""
+    from dora_core.presets import DATASETS
+
+    classes = DATASETS[record["dataset"]].num_labels or 2
+    return record["macro_f1"] < 1 / classes + 0.02
+
+
+def stuck_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
+    """Which grid runs never took off, per method: a failure mode the means hide."""
+    stuck = [r for r in records if did_not_learn(r)]
+    counts = {m: sum(r["method"] == m for r in stuck) for m in grid.methods}
+    totals = {m: sum(r["method"] == m for r in records) for m in grid.methods}
+    lines = [
+        "Runs that did not learn (dev macro-F1 within 0.02 of 1/classes: one-class predictions): "
+        + ", ".join(f"{METHOD_NAMES[m]} {counts[m]} of {totals[m]}" for m in grid.methods)
+        + "."
+    ]
+    for r in sorted(stuck, key=lambda r: (r["method"], r["dataset"], r["budget"], r["seed"])):
+        lines.append(
+            f"- {METHOD_NAMES[r['method']]}: {r['dataset']}, b(T)={r['budget']}, seed {r['seed']}, "
+            f"lr {r['lr']:g}: accuracy {r['accuracy'] * 100:.1f}, macro-F1 {r['macro_f1'] * 100:.1f}."
+        )
+    return lines
+
+
 def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
     """Per dataset and budget: DoRA's mean accuracy against the best baseline's, and whether
     the gap is larger than the seeds' spread (the larger of the two stds)."""
@@ -318,9 +346,13 @@ def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
             n = min(dora[2], best[2])
             if gap > 0:
                 wins += 1
-            verdict = ("DoRA ahead" if gap > 0 else "DoRA behind" if gap < 0 else "a tie") + (
-                " (within the seed spread)" if gap and (abs(gap) <= spread or n < 2) else ""
-            )
+            verdict = "DoRA ahead" if gap > 0 else "DoRA behind" if gap < 0 else "a tie"
+            if n < 2:
+                verdict += " (one seed so far: no spread yet)"
+            elif gap:
+                verdict += (
+                    " within the seed spread" if abs(gap) <= spread else ", beyond the seed spread"
+                )
             lines.append(
                 f"- {plan.name}, b(T)={b}: DoRA {dora[0] * 100:.2f} vs best baseline "
                 f"{METHOD_NAMES[best_m]} {best[0] * 100:.2f} → {gap:+.2f} points, {verdict}; "
@@ -539,6 +571,8 @@ def grid_results(
         "### Reading: accuracy",
         "",
         *(wins_reading(cells, grid) or ["No comparable cells yet."]),
+        "",
+        *(stuck_reading(cells, grid) if cells else []),
         "",
         "### Trainable parameters",
         "",

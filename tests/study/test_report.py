@@ -86,7 +86,8 @@ def test_wins_reading_compares_with_the_best_baseline() -> None:
     assert "**0 of 1**" in lines[0]
     # adalora mean 86 is the best baseline: dora 82 is 4 points behind, more than the
     # larger std (2), so the gap is not "within the seed spread".
-    assert "AdaLoRA (PEFT) 86.00" in lines[1] and "-4.00 points, DoRA behind;" in lines[1]
+    assert "AdaLoRA (PEFT) 86.00" in lines[1]
+    assert "-4.00 points, DoRA behind, beyond the seed spread;" in lines[1]
 
 
 def test_figure2_comparison_on_a_hand_made_allocation() -> None:
@@ -134,3 +135,14 @@ def test_report_from_jsonl_files(tmp_path) -> None:
     png = results / "full-rank-b8.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (results / "full-rank-b2.png").exists()  # no b(T)=2 DoRA cell yet
+
+
+def test_runs_that_did_not_learn_are_listed() -> None:
+    # rt-snippets is binary: macro-F1 0.335 (one class) is stuck, 0.60 is learning.
+    records = [record("lora", 0, 0.504, 0.335), record("lora", 1, 0.62, 0.60)]
+    records += [record("dora", 0, 0.80, 0.80)]
+    lines = study_report.stuck_reading(records, FULL)
+    assert "DoRA (ours) 0 of 1, LoRA (PEFT) 1 of 2, AdaLoRA (PEFT) 0 of 0" in lines[0]
+    assert lines[1:] == [
+        "- LoRA (PEFT): rt-snippets, b(T)=8, seed 0, lr 0.001: accuracy 50.4, macro-F1 33.5."
+    ]
