@@ -351,7 +351,7 @@ def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
                 verdict += " (one seed so far: no spread yet)"
             elif gap:
                 verdict += (
-                    " within the seed spread" if abs(gap) <= spread else ", beyond the seed spread"
+                    ", within the seed spread" if abs(gap) <= spread else ", beyond the seed spread"
                 )
             lines.append(
                 f"- {plan.name}, b(T)={b}: DoRA {dora[0] * 100:.2f} vs best baseline "
