@@ -661,7 +661,10 @@ def write_report(
         "layer groups of the Figure 2 comparison are MiniLM's thirds (early = 0-1, middle = "
         "2-3, last = 5).",
         "- The lr is tuned at b(T)=8 on seed 0's dev split and that cell is part of the "
-        "averages: slightly optimistic, equally for every method. b(T)=2 reuses the b(T)=8 lr.",
+        "averages: slightly optimistic, equally for every method. b(T)=2 reuses the b(T)=8 lr, "
+        "and with alpha fixed at 8 the adapter scale alpha / r is 4× larger there (DoRA and "
+        "AdaLoRA r' = 3 vs 12, LoRA r = 2 vs 8): every method runs b(T)=2 at an effectively "
+        "larger step, which may hurt the methods that were tuned closest to their edge.",
         "- Each seed draws its own dev split (the worker seeds the split with the run's seed), "
         "so the std mixes init, data order and split.",
         "- Dev sets are small (sms-spam 484, bbc-news 223 examples): one bbc-news example is "
