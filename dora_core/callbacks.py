@@ -86,8 +86,10 @@ class DoraCallback(TrainerCallback):
             self.tuner.save(folder)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Report ``finished`` and flush: the reporter is closed when training ends."""
         if self.reporter is not None and state.is_world_process_zero:
             self.reporter.event(state.global_step, "finished", "Trainer run finished")
+            self.reporter.close()
 
 
 class DoraTrainer(Trainer):

@@ -62,8 +62,7 @@ def trainer_for(tiny_bert, tmp_path, total_steps: int, reporter=None, max_steps:
 def test_trainer_prunes_once_per_optimizer_step_and_reports(tiny_bert, tmp_path) -> None:
     reporter = Reporter(tmp_path / "run")
     trainer, tuner = trainer_for(tiny_bert, tmp_path, total_steps=40, reporter=reporter)
-    trainer.train()
-    reporter.close()
+    trainer.train()  # closes the reporter at the end
     assert tuner.global_step == 40  # 40 optimizer steps of 2 micro-batches each
     assert tuner.frozen and tuner.compacted
     assert sum(tuner.rank_pattern().values()) == 2 * 12
