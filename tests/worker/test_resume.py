@@ -40,8 +40,9 @@ def start(job_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen) -> None:
+    """Until a checkpoint at ``step`` or later exists (the process must still be running)."""
     end = time.monotonic() + 120
-    while step not in checkpoint.list_steps(run_dir):
+    while max(checkpoint.list_steps(run_dir), default=0) < step:
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < end, "no checkpoint appeared"
         time.sleep(0.02)
