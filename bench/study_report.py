@@ -353,11 +353,22 @@ def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
                 verdict += (
                     ", within the seed spread" if abs(gap) <= spread else ", beyond the seed spread"
                 )
-            lines.append(
+            line = (
                 f"- {plan.name}, b(T)={b}: DoRA {dora[0] * 100:.2f} vs best baseline "
                 f"{METHOD_NAMES[best_m]} {best[0] * 100:.2f} → {gap:+.2f} points, {verdict}; "
                 f"std {spread:.2f}, n={n}."
             )
+            here = [r for r in records if r["dataset"] == plan.name and r["budget"] == b]
+            if any(did_not_learn(r) for r in here):
+                learned = summary([r for r in here if not did_not_learn(r)], "accuracy")
+                means = [
+                    f"{METHOD_NAMES[m]} {learned[(plan.name, b, m)][0] * 100:.2f} "
+                    f"(n={learned[(plan.name, b, m)][2]})"
+                    for m in grid.methods
+                    if (plan.name, b, m) in learned
+                ]
+                line += " Without the runs that did not learn: " + ", ".join(means) + "."
+            lines.append(line)
     if total:
         lines.insert(
             0,

@@ -146,3 +146,14 @@ def test_runs_that_did_not_learn_are_listed() -> None:
     assert lines[1:] == [
         "- LoRA (PEFT): rt-snippets, b(T)=8, seed 0, lr 0.001: accuracy 50.4, macro-F1 33.5."
     ]
+
+
+def test_wins_reading_also_gives_means_without_runs_that_did_not_learn() -> None:
+    records = [record("dora", s, a, a) for s, a in enumerate((0.80, 0.82, 0.84))]
+    records += [record("lora", 0, 0.504, 0.335), record("lora", 1, 0.86, 0.86)]
+    (line,) = study_report.wins_reading(records, FULL)[1:]
+    # with the stuck run: lora (50.4 + 86) / 2 = 68.2; without it: 86.00 from one seed
+    assert "DoRA 82.00 vs best baseline LoRA (PEFT) 68.20" in line
+    assert line.endswith(
+        "Without the runs that did not learn: DoRA (ours) 82.00 (n=3), LoRA (PEFT) 86.00 (n=1)."
+    )
