@@ -18,16 +18,23 @@ import time
 
 import httpx
 
+# Small enough to show pruning within a minute or two on a 2-core laptop:
+# the pruning phase starts at step 30 and the mask freezes at step 210.
 DEMO_JOB = {
     "name": "demo: dora on minilm + rt-snippets",
     "model": "minilm",
     "dataset": "rt-snippets",
     "method": "dora",
     "target_rank": 4,
-    "max_steps": 400,
+    "max_steps": 300,
     "batch_size": 16,
-    "lr": 1e-3,
-    "eval_every": 100,
+    "max_length": 64,
+    "lr": 2e-3,
+    "warmup_frac": 0.1,
+    "final_frac": 0.3,
+    "prune_interval": 5,
+    "eval_every": 50,
+    "max_dev_samples": 500,
 }
 
 
