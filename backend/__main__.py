@@ -10,7 +10,7 @@ import sys
 
 import uvicorn
 
-from backend.settings import Settings, SettingsError
+from backend.settings import Settings, SettingsError, exposure_error
 
 
 def main() -> int:
@@ -19,12 +19,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not settings.is_loopback and settings.api_token is None:
-        print(
-            f"error: DORA_API_HOST={settings.host} exposes the API beyond this machine; "
-            "set DORA_API_TOKEN so that writes need it, or bind 127.0.0.1",
-            file=sys.stderr,
-        )
+    refusal = exposure_error(settings.host, settings.api_token)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     from backend.main import create_app
 

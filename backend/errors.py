@@ -7,11 +7,15 @@ handle our checks and pydantic's the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(LookupError):
@@ -64,3 +68,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Invalid)
     async def _invalid(_request: Request, exc: Invalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        """SQLite still locked after the busy timeout, PostgreSQL unreachable: the request
+        was rolled back and may simply be repeated (the worker's reporter does)."""
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse(
+            {"detail": "the database is busy or unreachable; nothing was stored, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )

@@ -52,7 +52,9 @@ class WorkerExit:
                 name = signal.Signals(-self.code).name
             except ValueError:
                 name = f"signal {-self.code}"
-            return f"the worker was killed by {name}"
+            # Nobody here asked it to stop (a cancel ends as "cancelled"): often it was memory.
+            oom = " (the kernel's out-of-memory killer sends it too)" if name == "SIGKILL" else ""
+            return f"the worker was killed by {name}{oom}"
         return f"the worker exited with status {self.code}"
 
 

@@ -12,7 +12,7 @@ from backend.db import Database
 from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
-from backend.security import BodyLimit
+from backend.security import BodyLimit, RequestGuard
 from backend.settings import Settings
 from backend.watcher import Watcher, reconcile
 from dora_core import __version__
@@ -47,6 +47,10 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.state.launcher = launcher
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outside the body limit (refused requests are not read), inside CORS (its headers still apply).
+    app.add_middleware(
+        RequestGuard, api_token=settings.api_token, cors_origins=settings.cors_origins
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

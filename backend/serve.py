@@ -18,6 +18,8 @@ import time
 
 import httpx
 
+from backend.settings import exposure_error
+
 # Small enough to show pruning within a minute or two on a 2-core laptop:
 # the pruning phase starts at step 30 and the mask freezes at step 210.
 DEMO_JOB = {
@@ -116,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         "--demo", action="store_true", help="launch a demo DoRA job once the API is up"
     )
     args = parser.parse_args(argv)
+    refusal = exposure_error(args.host, os.environ.get("DORA_API_TOKEN"))
+    if refusal:  # the same rule as `python -m backend`
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops cleanly too
 
     for port in (args.api_port, args.dash_port):

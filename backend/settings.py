@@ -7,12 +7,41 @@ paths confined to folders under the data dir. Tests build their own instance
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback IP literal (127.0.0.0/8, ::1, ::ffff:127.x) or the name ``localhost``.
+
+    Only literals count: a name such as ``127.0.0.1.example.com`` starts like a
+    loopback address but resolves wherever its DNS says.
+    """
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def exposure_error(host: str, api_token: str | None) -> str | None:
+    """Why serving on ``host`` is refused (beyond loopback with no token), or None."""
+    if is_loopback_host(host) or api_token:
+        return None
+    return (
+        f"DORA_API_HOST={host} exposes the API beyond this machine; "
+        "set DORA_API_TOKEN so that writes need it, or bind 127.0.0.1"
+    )
 
 
 class SettingsError(ValueError):
@@ -69,7 +98,7 @@ class Settings:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+        return is_loopback_host(self.host)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -29,6 +29,8 @@ async def job_body(request: Request) -> Any:
         return json.loads(await request.body())
     except ValueError as exc:
         raise Invalid.at(("body",), f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than the parser goes
+        raise Invalid.at(("body",), "the body is not valid JSON: nested too deeply") from None
 
 
 @router.post(

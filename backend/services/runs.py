@@ -22,7 +22,10 @@ def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobC
         config = parse_job_config(data)
     except JobConfigError as exc:
         raise Invalid(
-            [((*prefix, *field.split(".")) if field else prefix, msg) for field, msg in exc.errors]
+            [
+                ((*prefix, *field.split(".")) if field else prefix, _shorten(msg))
+                for field, msg in exc.errors
+            ]
         ) from None
     for field, value in config:
         texts = value if isinstance(value, list) else [value]
@@ -30,6 +33,11 @@ def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobC
             # PostgreSQL text cannot hold NUL, and no path or name needs one.
             raise Invalid.at((*prefix, field), "contains a NUL character")
     return config
+
+
+def _shorten(msg: str, limit: int = 500) -> str:
+    """Messages quote the bad value; a megabyte-long value must not come back whole."""
+    return msg if len(msg) <= limit else f"{msg[:limit]}... ({len(msg) - limit} more characters)"
 
 
 def lock_run(session: Session, run_id: int) -> Run:

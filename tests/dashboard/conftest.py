@@ -8,56 +8,12 @@ and are stopped by the fixture.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from dashboard.api import ApiClient
-from tests.conftest import REPO_ROOT, free_port
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def start_server(args: list[str], env: dict[str, str], health: str, log: Path) -> subprocess.Popen:
-    """Start ``python <args>`` in the repo root, logging to ``log``, and wait for ``health``."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_http(health, proc, log)
-    except Exception:
-        stop_server(proc)
-        raise
-    return proc
+from tests.conftest import free_port, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
