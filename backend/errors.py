@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
@@ -68,6 +69,13 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Invalid)
     async def _invalid(_request: Request, exc: Invalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own 422 without echoing the input: a bad value can be megabytes long,
+        or hold a lone surrogate ("\\ud800") that cannot be written as UTF-8 (a 500)."""
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:

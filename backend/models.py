@@ -88,6 +88,8 @@ class Run(Base):
     init_rank: Mapped[int | None]
     target_rank: Mapped[int | None]
     num_modules: Mapped[int] = mapped_column(default=0)
+    # When the module list was first registered: an empty list (method full) fixes it too.
+    registered_at: Mapped[datetime | None]
     params: Mapped[dict[str, Any] | None]
     budget: Mapped[dict[str, Any] | None]  # latest {"step", "target", "live"}
     metrics: Mapped[dict[str, Any] | None]  # latest eval/* scalars, prefix stripped

@@ -15,14 +15,21 @@ INT32 = 2**31 - 1
 StepInt = Annotated[int, Field(ge=0, le=INT32)]
 
 
-def _no_nul(text: str) -> str:
+def _storable(text: str) -> str:
     if "\x00" in text:
         raise ValueError("contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): not text a database stores
+        raise ValueError(
+            "contains a lone UTF-16 surrogate, which is not valid Unicode text"
+        ) from None
     return text
 
 
-# Text stored in a column: PostgreSQL cannot hold NUL characters, so they are refused.
-Text = Annotated[str, AfterValidator(_no_nul)]
+# Text stored in a column: PostgreSQL cannot hold NUL characters and no database takes a
+# lone surrogate (Python's JSON parser lets "\ud800" through), so both are refused.
+Text = Annotated[str, AfterValidator(_storable)]
 EVENT_KINDS = (
     "started",
     "prune",
@@ -64,7 +71,9 @@ class ModuleIn(_Request):
         None, ge=0, le=100_000, description="Block index; null outside blocks"
     )
     type: Text = Field(min_length=1, max_length=200, description="Module name below its block")
-    shape: list[int] = Field(min_length=1, max_length=8, description="Weight shape [d_out, d_in]")
+    shape: list[Annotated[int, Field(ge=1, le=INT32)]] = Field(
+        min_length=1, max_length=8, description="Weight shape [d_out, d_in]"
+    )
     rank: int = Field(ge=1, le=4096, description="r': components at the start")
 
 

@@ -133,7 +133,7 @@ def register(session: Session, run_id: int, body: RegisterIn) -> Run:
             )
         seen[name] = i
     stored = [(m.name, m.layer, m.type, list(m.shape), m.rank) for m in modules_of(session, run_id)]
-    if stored and stored != wanted:
+    if (stored or run.registered_at is not None) and stored != wanted:
         diff = next(
             (i for i, (a, b) in enumerate(zip(stored, wanted, strict=False)) if a != b),
             min(len(stored), len(wanted)),
@@ -153,6 +153,7 @@ def register(session: Session, run_id: int, body: RegisterIn) -> Run:
         if value is not None:
             setattr(run, field, value)
     now = utcnow()
+    run.registered_at = run.registered_at or now
     if run.status != "completed":
         if run.status in FINAL_STATUSES:  # resumed
             run.finished_at, run.error, run.exit_code = None, None, None
