@@ -14,6 +14,14 @@ from pathlib import Path
 
 import pytest
 
+# The API's own fixtures (a real SQLite file per test, the stand-in worker script, TestClient).
+from tests.backend.conftest import (  # noqa: F401
+    client,
+    database_url,
+    make_settings,
+    settings,
+    stand_in,
+)
 from tests.conftest import free_port
 from tests.reliability.helpers import ApiServer, kill_group
 
