@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobC
         if any(isinstance(t, str) and "\x00" in t for t in texts):
             # PostgreSQL text cannot hold NUL, and no path or name needs one.
             raise Invalid.at((*prefix, field), "contains a NUL character")
+        if isinstance(value, float) and not math.isfinite(value):
+            # The shared schema bounds most numbers; alpha and grad_clip have no upper bound,
+            # and JSON from Python may say Infinity (alpha = inf trains NaNs).
+            raise Invalid.at((*prefix, field), f"must be a finite number (got {value})")
     return config
 
 
