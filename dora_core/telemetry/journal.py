@@ -17,10 +17,14 @@ so nothing is reported twice and the API never sees a stream go backwards.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("dora.telemetry")
 
 METRICS_FILE = "metrics.jsonl"
 SPOOL_FILE = "telemetry-spool.jsonl"
@@ -107,15 +111,18 @@ class Journal:
     def commit(self, records: Iterable[dict]) -> dict | None:
         """Write a batch of new records; returns the batch body (None if all were old)."""
         fresh = [r for r in records if r.get("force") or not self.already_reported(r)]
-        if not fresh:
-            return None
         body: dict[str, Any] = {"seq": self.state["next_seq"]}
         lines = []
         for record in fresh:
             record.pop("force", None)
-            lines.append(json.dumps(record, allow_nan=False) + "\n")
+            line = _wire_line(record)
+            if line is None:
+                continue
+            lines.append(line)
             item = {k: v for k, v in record.items() if k != "type"}
             body.setdefault(BATCH_KEYS[record["type"]], []).append(item)
+        if not lines:
+            return None
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.writelines(lines)
         if self.use_spool:
@@ -149,6 +156,39 @@ class Journal:
 
     def _write_state(self) -> None:
         _atomic_write(self.state_path, json.dumps(self.state))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _wire_line(record: dict) -> str | None:
+    """The record's metrics.jsonl line, as the API will take it; None to leave it out.
+
+    A diverged run produces NaN. An event keeps its place with NaN or infinity
+    in its data turned into null (a ``finished`` event whose eval loss is NaN
+    must still arrive); a scores or budget record holding one is left out,
+    alone, since the API refuses those (422) and one bad record must not take
+    the rest of its batch down with it.
+    """
+    if record["type"] == "event" and record.get("data") is not None:
+        record["data"] = _finite(record["data"])
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except ValueError:
+        log.warning(
+            "telemetry: %s record at step %s holds NaN or infinity; not reported",
+            record["type"],
+            record.get("step"),
+        )
+        return None
 
 
 def _count(body: dict) -> int:

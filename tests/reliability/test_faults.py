@@ -348,3 +348,36 @@ def test_a_lock_held_past_the_busy_timeout_is_503_and_stores_nothing(tmp_path) -
         assert row_counts(settings.database_url) == before
         again = client.post(f"/api/runs/{run_id}/telemetry", json=batch)
         assert again.status_code == 200 and again.json()["duplicate"] is False
+
+
+def test_a_diverged_step_loses_only_what_the_api_would_refuse(tmp_path) -> None:
+    """NaN scores (a diverged run) are left out alone; the rest of their batch arrives,
+    and an event's NaN data becomes null (a ``finished`` event must still get through)."""
+    from dora_core.telemetry import Reporter, read_metrics
+    from tests.worker.fake_api import FakeApi
+
+    api = FakeApi().start()
+    try:
+        reporter = Reporter(tmp_path, api.url, run_id=1, flush_interval=0.05)
+        reporter.scores(3, {"m": [0.25, 0.75]}, {"m": [1, 1]})
+        reporter.scores(4, {"m": [float("nan"), 0.5]}, {"m": [1, 1]})
+        reporter.budget(4, target=2, live=2, b=1.0)
+        reporter.scalars(4, {"loss": float("nan"), "lr": 1e-3})
+        reporter.event(4, "finished", "dev accuracy 0.5", {"accuracy": 0.5, "loss": float("nan")})
+        assert reporter.close(timeout=30) is True
+    finally:
+        api.stop()
+    expected = [
+        {"type": "scores", "step": 3, "values": {"m": [0.25, 0.75]}, "masks": {"m": [1, 1]}},
+        {"type": "budget", "step": 4, "target": 2, "live": 2, "b": 1.0},
+        {"type": "scalars", "step": 4, "values": {"lr": 1e-3}},
+        {
+            "type": "event",
+            "step": 4,
+            "kind": "finished",
+            "message": "dev accuracy 0.5",
+            "data": {"accuracy": 0.5, "loss": None},
+        },
+    ]
+    assert read_metrics(tmp_path) == expected
+    assert sorted(api.records(), key=str) == sorted(expected, key=str)
