@@ -7,11 +7,14 @@ URL is bookmarkable: ``/``, ``/runs/<id>``, ``/compare?runs=1,2``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
+import flask
 from dash import Dash, Input, Output, dcc, html
 
 from dashboard import components as ui
@@ -51,6 +54,32 @@ def api_status(client: ApiClient) -> html.Span:
     return html.Span("API connected", className="api-status api-up", title=client.base_url)
 
 
+def allowed_host(host: str, extra: frozenset[str] = frozenset()) -> bool:
+    """Is ``host`` (a Host header) a loopback name, or one of ``extra``?
+
+    DNS rebinding: a web page whose own name is pointed at 127.0.0.1 is "same
+    origin" with the dashboard for the browser, and could drive its forms,
+    which act on the API with the dashboard's access. Its requests still name
+    that page's host, so only loopback names (and the names listed in
+    DORA_DASH_ALLOWED_HOSTS) are served. The API checks the same for itself
+    (backend.security); the dashboard never imports the backend, hence this
+    small twin.
+    """
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if name == "localhost" or name in extra:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def create_app(api_url: str | None = None, client: ApiClient | None = None) -> Dash:
     client = client or ApiClient(api_url)
     app = Dash(
@@ -59,6 +88,21 @@ def create_app(api_url: str | None = None, client: ApiClient | None = None) -> D
         update_title=None,
         suppress_callback_exceptions=True,  # page components appear after routing
     )
+    extra_hosts = frozenset(
+        h.strip().lower() for h in os.environ.get("DORA_DASH_ALLOWED_HOSTS", "").split(",")
+    ) - {""}
+
+    @app.server.before_request
+    def _named_hosts_only() -> tuple[str, int] | None:
+        if allowed_host(flask.request.host, extra_hosts):
+            return None
+        return (
+            f"This dashboard is not served as {flask.request.host!r}: open it as "
+            "http://127.0.0.1:<port> or http://localhost:<port>, or list that name in "
+            "DORA_DASH_ALLOWED_HOSTS.",
+            403,
+        )
+
     app.layout = html.Div(
         [
             dcc.Location(id="url", refresh="callback-nav"),

@@ -338,3 +338,32 @@ def test_every_write_endpoint_refuses_an_oversized_body(
                 assert streamed.status_code == 413, path
         assert row_counts(database_url) == before
         assert client.get(f"/api/runs/{run_id}").status_code == 200  # not deleted
+
+
+# --- the dashboard, which acts on the API for whoever drives it -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "served"),
+    [
+        ("127.0.0.1:8050", True),
+        ("localhost:8050", True),
+        ("[::1]:8050", True),
+        ("dora.lan:8050", True),  # listed in DORA_DASH_ALLOWED_HOSTS below
+        ("evil.example:8050", False),
+        ("127.0.0.1.evil.example:8050", False),
+    ],
+)
+def test_dashboard_answers_only_under_loopback_or_listed_names(monkeypatch, host, served) -> None:
+    """DNS rebinding against the dashboard would drive its job form with its API access."""
+    from dashboard.app import create_app as create_dashboard
+
+    monkeypatch.setenv("DORA_DASH_ALLOWED_HOSTS", "dora.lan, other.lan")
+    app = create_dashboard(api_url="http://127.0.0.1:9")  # no API needed for these requests
+    web = app.server.test_client()
+    page = web.get("/", headers={"Host": host})
+    callback = web.post("/_dash-update-component", json={}, headers={"Host": host})
+    assert (page.status_code == 200) is served
+    if not served:
+        assert page.status_code == callback.status_code == 403
+        assert b"DORA_DASH_ALLOWED_HOSTS" in page.data
