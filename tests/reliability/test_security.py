@@ -367,3 +367,17 @@ def test_dashboard_answers_only_under_loopback_or_listed_names(monkeypatch, host
     if not served:
         assert page.status_code == callback.status_code == 403
         assert b"DORA_DASH_ALLOWED_HOSTS" in page.data
+
+
+def test_dashboard_callbacks_take_no_cross_site_simple_posts() -> None:
+    """A page on another site can only send text/plain without a preflight: refused."""
+    from dashboard.app import create_app as create_dashboard
+
+    web = create_dashboard(api_url="http://127.0.0.1:9").server.test_client()
+    body = '{"output": "page.children", "outputs": {}, "inputs": [], "changedPropIds": []}'
+    resp = web.post(
+        "/_dash-update-component",
+        data=body,
+        headers={"Host": "127.0.0.1:8050", "Origin": EVIL, **AS_TEXT},
+    )
+    assert resp.status_code == 415
