@@ -32,7 +32,7 @@ class JobConfigError(ValueError):
 class JobConfig(BaseModel):
     """Everything one fine-tuning job needs. Unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- what to train on ---
     name: str | None = Field(

@@ -39,6 +39,8 @@ def test_start_rank_is_ceil_one_and_a_half(b: int) -> None:
         ({"tagret_rank": 4}, "tagret_rank", "unknown field"),
         ({"target_modules": []}, "target_modules", "empty"),
         ({"epochs": None}, "epochs", "max_steps"),
+        ({"alpha": float("inf")}, "alpha", "finite"),
+        ({"grad_clip": float("nan")}, "grad_clip", "finite"),
     ],
 )
 def test_bad_fields_are_named(data: dict, field: str, fragment: str) -> None:
