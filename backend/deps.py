@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the database, sessions, settings and launcher of the running app."""
+"""FastAPI dependencies: the database, sessions, settings, launcher and job queue of the app."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from backend.db import Database
-from backend.launcher import Launcher
 from backend.schemas import INT32
+from backend.services.jobs import JobQueue
 from backend.settings import Settings
 
 
@@ -22,8 +22,8 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_launcher(request: Request) -> Launcher:
-    return request.app.state.launcher
+def get_job_queue(request: Request) -> JobQueue:
+    return request.app.state.jobs
 
 
 def read_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
@@ -39,7 +39,7 @@ def write_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]
 
 DB = Annotated[Database, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
-AppLauncher = Annotated[Launcher, Depends(get_launcher)]
+Jobs = Annotated[JobQueue, Depends(get_job_queue)]
 ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]
 # Ids and steps are 32-bit in every database we support: larger ones are 422, not a 500.

@@ -13,6 +13,7 @@ from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
 from backend.security import BodyLimit, RequestGuard
+from backend.services.jobs import JobQueue
 from backend.settings import Settings
 from backend.watcher import Watcher, reconcile
 from dora_core import __version__
@@ -28,9 +29,12 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         db.migrate()
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         reconcile(db, launcher)  # runs left open by an earlier API process
-        watcher = Watcher(db, launcher, settings.watch_interval_s)
+        jobs = JobQueue(db, settings, launcher)
+        jobs.start_queued()  # jobs still waiting when an earlier API process stopped
+        # A worker that ended frees a slot: each pass also starts what now fits.
+        watcher = Watcher(db, launcher, settings.watch_interval_s, after_pass=jobs.start_queued)
         watcher.start()
-        app.state.db = db
+        app.state.db, app.state.jobs = db, jobs
         try:
             yield
         finally:

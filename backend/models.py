@@ -101,6 +101,10 @@ class Run(Base):
     exit_code: Mapped[int | None]
     # Jobs launched by this API: where the worker writes, and how to find it.
     run_dir: Mapped[str | None] = mapped_column(String(4096))
+    # When POST /api/jobs queued it; NULL for a run whose worker was started by hand. While
+    # it also has no ingest token (the scheduler sets one right before starting the worker),
+    # the run is waiting in the job queue.
+    queued_at: Mapped[datetime | None]
     worker_handle: Mapped[str | None] = mapped_column(String(200))
     worker_exited_at: Mapped[datetime | None]
     ingest_token_hash: Mapped[str | None] = mapped_column(String(64))

@@ -152,6 +152,10 @@ class RunPublic(BaseModel):
     error: str | None
     exit_code: int | None
     has_adapter: bool
+    queue_position: int | None = Field(
+        description="Place in the job queue (1 starts next); null when the run is not "
+        "waiting for a worker slot",
+    )
 
 
 class RunList(BaseModel):

@@ -71,8 +71,10 @@ class Settings:
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
     cancel_grace_s: float = 15.0
-    # Workers this API runs at once; a launch beyond it is refused (429), not queued.
-    max_jobs: int = 4
+    # Workers this API runs at once; further launches wait in a FIFO queue (see worker_threads).
+    max_jobs: int = 2
+    # Launches that may wait for a slot; one beyond it is refused (429) and creates nothing.
+    max_queued: int = 20
     # How often the launcher's watcher looks for dead workers, and SSE polls.
     watch_interval_s: float = 1.0
     stream_interval_s: float = 0.5
@@ -99,6 +101,28 @@ class Settings:
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+    @property
+    def worker_threads(self) -> int:
+        """Threads per worker: this machine's CPUs shared out among ``max_jobs`` workers.
+
+        torch sizes its thread pool to every CPU by default, so ``max_jobs``
+        workers at once would each run that many threads and oversubscribe the
+        machine (measured on 2 cores: each worker about 4x slower).
+        """
+        return max(1, (os.cpu_count() or 1) // self.max_jobs)
+
+    def worker_thread_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` for a worker's environment.
+
+        Empty when the API's own environment (``environ``) sets
+        ``OMP_NUM_THREADS``: whoever set it chose for the workers too, and they
+        inherit it (MKL follows ``OMP_NUM_THREADS`` when its own is unset).
+        """
+        if environ.get("OMP_NUM_THREADS", "").strip():
+            return {}
+        threads = str(self.worker_threads)
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,7 +163,8 @@ class Settings:
             dataset_roots=paths("DORA_DATASET_ROOTS"),
             api_url=env.get("DORA_API_URL", ""),
             cancel_grace_s=number("DORA_CANCEL_GRACE_S", 15.0),
-            max_jobs=int(number("DORA_MAX_JOBS", 4, int)),
+            max_jobs=int(number("DORA_MAX_JOBS", 2, int)),
+            max_queued=int(number("DORA_MAX_QUEUED", 20, int)),
         )
 
 

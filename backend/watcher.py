@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -48,9 +49,12 @@ def check_workers(db: Database, launcher: Launcher) -> list[int]:
 def reconcile(db: Database, launcher: Launcher) -> None:
     """At start-up, before serving: close what an earlier API process left open.
 
-    Runs it launched but never got to start a worker for (it stopped between
-    creating the run and starting the process) fail; the rest is one
-    ``check_workers`` pass (live workers adopted, ended ones recorded).
+    Runs it took out of the queue but never got to start a worker for (it
+    stopped between storing the ingest token hash and the worker's handle)
+    fail: whether that worker started is unknown, so starting another could
+    run the job twice. Runs still waiting in the queue (no token) are left
+    for the scheduler. The rest is one ``check_workers`` pass (live workers
+    adopted, ended ones recorded).
     """
     with db.writer() as session:
         orphans = session.scalars(
@@ -71,10 +75,21 @@ def reconcile(db: Database, launcher: Launcher) -> None:
 
 
 class Watcher:
-    """A daemon thread running ``check_workers`` every ``interval_s`` seconds."""
+    """A daemon thread running ``check_workers`` every ``interval_s`` seconds.
 
-    def __init__(self, db: Database, launcher: Launcher, interval_s: float):
+    ``after_pass`` runs after each pass (the job queue's scheduler: a worker
+    that ended has freed a slot).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        launcher: Launcher,
+        interval_s: float,
+        after_pass: Callable[[], object] | None = None,
+    ):
         self.db, self.launcher, self.interval_s = db, launcher, interval_s
+        self.after_pass = after_pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-watcher", daemon=True)
 
@@ -89,5 +104,7 @@ class Watcher:
         while not self._stop.wait(self.interval_s):
             try:
                 check_workers(self.db, self.launcher)
+                if self.after_pass is not None:
+                    self.after_pass()
             except Exception:  # keep watching; the next pass retries
                 log.exception("worker watcher pass failed")

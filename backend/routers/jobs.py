@@ -1,4 +1,4 @@
-"""Jobs: launch a training worker from a job config, cancel it, read its log."""
+"""Jobs: queue a training worker from a job config, cancel it, read its log."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from backend.deps import DB, AppLauncher, AppSettings, RunId
+from backend.deps import DB, Jobs, RunId
 from backend.errors import Invalid
 from backend.routers.responses import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, WRITE_AUTH
 from backend.schemas import JobCreated, LogTail, RunPublic
 from backend.security import Writer
-from backend.services import jobs
-from backend.services.runs import to_public
+from backend.services.jobs import log_tail
+from backend.services.runs import get_run, queue_position, to_public
 from dora_core.jobconfig import JobConfig
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -41,7 +41,7 @@ async def job_body(request: Request) -> Any:
         **WRITE_AUTH,
         **UNPROCESSABLE,
         **TOO_LARGE,
-        429: {"description": "DORA_MAX_JOBS workers are already running"},
+        429: {"description": "DORA_MAX_QUEUED jobs are already waiting (nothing is created)"},
     },
     openapi_extra={
         "requestBody": {
@@ -50,20 +50,19 @@ async def job_body(request: Request) -> Any:
         }
     },
 )
-def create_job(
-    body: Annotated[Any, Depends(job_body)],
-    db: DB,
-    settings: AppSettings,
-    launcher: AppLauncher,
-) -> JobCreated:
-    """Validate a job config, create its run (``<data>/runs/<id>``) and start its worker.
+def create_job(body: Annotated[Any, Depends(job_body)], db: DB, jobs: Jobs) -> JobCreated:
+    """Validate a job config, queue its run (``<data>/runs/<id>``); its worker starts when
+    one of the DORA_MAX_JOBS slots is free, oldest job first (at once if one is free now).
 
     The server sets ``output_dir``; a model or dataset that is not a preset
     must be a path inside the configured roots (DORA_MODEL_ROOTS,
     DORA_DATASET_ROOTS).
     """
-    run = jobs.launch(db, settings, launcher, body)
-    return JobCreated(run_id=run.id, run=to_public(run))
+    run_id = jobs.submit(body).id
+    jobs.start_queued()
+    with db.reader() as session:
+        run = get_run(session, run_id)
+        return JobCreated(run_id=run.id, run=to_public(run, queue_position(session, run)))
 
 
 @router.get("/schema")
@@ -81,12 +80,13 @@ def job_schema() -> dict[str, Any]:
         409: {"description": "The run already ended or was not launched by this API"},
     },
 )
-def cancel_job(run_id: RunId, db: DB, settings: AppSettings, launcher: AppLauncher) -> RunPublic:
-    """Cancel: SIGTERM (the worker checkpoints and exits), SIGKILL after a grace period."""
-    return to_public(jobs.cancel(db, settings, launcher, run_id))
+def cancel_job(run_id: RunId, jobs: Jobs) -> RunPublic:
+    """Cancel: a queued job never starts; a worker gets SIGTERM (it checkpoints and exits),
+    then SIGKILL after a grace period."""
+    return to_public(jobs.cancel(run_id))
 
 
 @router.get("/{run_id}/log", responses=NOT_FOUND)
 def job_log(run_id: RunId, db: DB, tail: Annotated[int, Query(ge=0, le=100_000)] = 200) -> LogTail:
     """The last ``tail`` lines of the worker's stdout and stderr."""
-    return LogTail(lines=jobs.log_tail(db, run_id, tail))
+    return LogTail(lines=log_tail(db, run_id, tail))

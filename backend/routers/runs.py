@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from backend.deps import DB, AppLauncher, AppSettings, ReadSession, RunId, WriteSession
+from backend.deps import AppSettings, Jobs, ReadSession, RunId, WriteSession
 from backend.routers.responses import NOT_FOUND, UNPROCESSABLE, WRITE_AUTH
 from backend.schemas import (
     INT32,
@@ -19,7 +19,6 @@ from backend.schemas import (
 )
 from backend.security import Ingester, Writer
 from backend.services import runs
-from backend.services.jobs import stop_for_delete
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -44,12 +43,14 @@ def list_runs(
 ) -> RunList:
     """Runs, newest first."""
     items, total = runs.list_runs(session, status, limit, offset)
-    return RunList(items=[runs.to_public(r) for r in items], total=total)
+    places = runs.queue_positions(session) if any(runs.is_waiting(r) for r in items) else {}
+    return RunList(items=[runs.to_public(r, places.get(r.id)) for r in items], total=total)
 
 
 @router.get("/{run_id}", responses=NOT_FOUND)
 def get_run(run_id: RunId, session: ReadSession) -> RunPublic:
-    return runs.to_public(runs.get_run(session, run_id))
+    run = runs.get_run(session, run_id)
+    return runs.to_public(run, runs.queue_position(session, run))
 
 
 @router.delete(
@@ -58,11 +59,10 @@ def get_run(run_id: RunId, session: ReadSession) -> RunPublic:
     dependencies=[Writer],
     responses={**WRITE_AUTH, **NOT_FOUND},
 )
-def delete_run(run_id: RunId, db: DB, settings: AppSettings, launcher: AppLauncher) -> Response:
-    """Stop a live worker, then remove the run's rows and the directory the API made for it."""
-    run = stop_for_delete(db, launcher, run_id)
-    with db.writer() as session:
-        runs.remove_run_data(session, settings, run)
+def delete_run(run_id: RunId, jobs: Jobs) -> Response:
+    """Stop a live worker (a queued job never starts), then remove the run's rows and the
+    directory the API made for it."""
+    jobs.delete(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

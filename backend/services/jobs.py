@@ -1,15 +1,19 @@
-"""Jobs: validate a config, create its run and directory, start and stop its worker.
+"""Jobs: validate a config, queue its run and directory, start and stop its worker.
 
 The API decides where a job writes (``<data>/runs/<id>``); the request only
-says what to train. When a worker ends without reporting a final status,
-``record_exit`` marks the run from its exit status and the log's last lines.
+says what to train. Launches wait in a FIFO queue (``JobQueue``) until one of
+the ``DORA_MAX_JOBS`` worker slots is free. When a worker ends without
+reporting a final status, ``record_exit`` marks the run from its exit status
+and the log's last lines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -20,7 +24,15 @@ from backend.errors import Busy, Conflict, Invalid, NotFound
 from backend.jobpaths import confine
 from backend.launcher import Launcher, LaunchSpec, WorkerExit
 from backend.models import FINAL_STATUSES, Event, Run, utcnow
-from backend.services.runs import get_run, job_config_or_422, lock_run, new_run
+from backend.services.runs import (
+    get_run,
+    is_waiting,
+    job_config_or_422,
+    lock_run,
+    new_run,
+    remove_run_data,
+    waiting_clause,
+)
 from backend.settings import Settings
 from dora_core.jobconfig import JobConfig
 from dora_core.presets import DATASETS, MODELS
@@ -57,106 +69,191 @@ def checked_config(data: object, settings: Settings) -> JobConfig:
     return config.model_copy(update=update)
 
 
-def launch(db: Database, settings: Settings, launcher: Launcher, data: object) -> Run:
-    """Create a queued run for the job and start its worker."""
-    config = checked_config(data, settings)
-    token = secrets.token_urlsafe(32)
-    with db.writer() as session:
-        # Launched here (it has an ingest token) and not seen to end; counted from the
-        # moment its row exists, so launches that overlap cannot both take the last slot.
-        live = session.scalar(
-            select(func.count())
-            .select_from(Run)
-            .where(Run.ingest_token_hash.is_not(None), Run.worker_exited_at.is_(None))
-        )
-        if live >= settings.max_jobs:
-            raise Busy(
-                f"{live} jobs are running, the limit of this API (DORA_MAX_JOBS={settings.max_jobs}); "
-                "wait for one to end or cancel one"
+class JobQueue:
+    """The job queue of one API process: queue, start, cancel and delete launched jobs.
+
+    ``POST /api/jobs`` only queues a run; ``start_queued`` is the one place
+    workers are started, oldest first, while fewer than ``DORA_MAX_JOBS``
+    launched workers are live. It runs after each launch, after each watcher
+    pass (a worker that ended frees a slot) and at start-up.
+
+    ``lock`` serialises everything that moves a run into or out of the queue
+    (queueing, starting, cancelling or deleting a run that has no worker), so
+    the count of live workers and waiting runs cannot change between reading
+    it and acting on it, on any database, and a run that was just cancelled
+    or deleted is never started. It is held while a worker process starts
+    (milliseconds), never while one is waited for.
+    """
+
+    def __init__(self, db: Database, settings: Settings, launcher: Launcher):
+        self.db, self.settings, self.launcher = db, settings, launcher
+        self.lock = threading.Lock()
+
+    def submit(self, data: object) -> Run:
+        """Validate a job, create its queued run with its run dir and ``job.json``.
+
+        Refused (429, nothing created) when ``DORA_MAX_QUEUED`` runs are
+        already waiting. Returns at once; the caller runs ``start_queued``.
+        """
+        config = checked_config(data, self.settings)
+        with self.lock, self.db.writer() as session:
+            waiting = session.scalar(select(func.count()).select_from(Run).where(waiting_clause()))
+            if waiting >= self.settings.max_queued:
+                raise Busy(
+                    f"the job queue is full: {waiting} jobs are waiting for one of the "
+                    f"DORA_MAX_JOBS={self.settings.max_jobs} worker slots "
+                    f"(DORA_MAX_QUEUED={self.settings.max_queued}); "
+                    "wait for one to start or cancel one"
+                )
+            run = new_run(config)
+            run.queued_at = run.created_at
+            session.add(run)
+            session.flush()
+            run_dir = self.settings.runs_dir / str(run.id)
+            run.run_dir = str(run_dir)
+            run.config = config.model_copy(update={"output_dir": str(run_dir)}).model_dump(
+                mode="json"
             )
-        run = new_run(config)
-        run.ingest_token_hash = token_hash(token)
-        session.add(run)
-        session.flush()
-        run_dir = settings.runs_dir / str(run.id)
-        resolved = config.model_copy(update={"output_dir": str(run_dir)})
-        run.run_dir = str(run_dir)
-        run.config = resolved.model_dump(mode="json")
-        session.commit()
-    job_file = run_dir / JOB_FILE
-    spec = LaunchSpec(
-        run_id=run.id,
-        job_file=job_file,
-        run_dir=run_dir,
-        log_file=run_dir / WORKER_LOG,
-        env={
-            "DORA_API_URL": settings.api_url,
-            "DORA_RUN_ID": str(run.id),
-            "DORA_INGEST_TOKEN": token,
-            "DORA_DATA_DIR": str(settings.data_dir),
-        },
-    )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        job_file.write_text(json.dumps(run.config, indent=2) + "\n", encoding="utf-8")
-        handle = launcher.start(spec)
-    except OSError as exc:  # disk full, no such interpreter, ...: the run ends here
-        with db.writer() as session:
-            run = lock_run(session, run.id)
-            run.status, run.error = "failed", f"could not start the worker: {exc}"
-            run.finished_at = run.worker_exited_at = utcnow()
             session.commit()
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / JOB_FILE).write_text(
+                    json.dumps(run.config, indent=2) + "\n", encoding="utf-8"
+                )
+            except OSError as exc:  # disk full, ...: it could never start
+                run = lock_run(session, run.id)
+                run.status, run.error = "failed", f"could not start the worker: {exc}"
+                run.finished_at = run.updated_at = utcnow()
+                session.commit()
         return run
-    with db.writer() as session:
-        run = lock_run(session, run.id)
-        run.worker_handle = handle
-        session.commit()
-    return run
 
+    def start_queued(self) -> list[int]:
+        """Start the oldest waiting runs while fewer than ``max_jobs`` launched workers live.
 
-def cancel(db: Database, settings: Settings, launcher: Launcher, run_id: int) -> Run:
-    """Mark the run cancelled and stop its worker (SIGTERM, SIGKILL after the grace period)."""
-    with db.writer() as session:
-        run = lock_run(session, run_id)
-        if run.status in FINAL_STATUSES:
-            raise Conflict(f"run {run_id} is already {run.status}; nothing to cancel")
-        if run.worker_handle is None:
-            raise Conflict(
-                f"run {run_id} was not launched by this API; stop its worker where it runs"
+        Returns the ids of the runs whose workers started (or failed to).
+        """
+        with self.db.reader() as session:  # the common case (every watcher pass): no write lock
+            if session.scalar(select(Run.id).where(waiting_clause()).limit(1)) is None:
+                return []
+        started = []
+        with self.lock:
+            while (claimed := self._claim_next()) is not None:
+                run, token = claimed
+                self._start(run, token)
+                started.append(run.id)
+        return started
+
+    def _claim_next(self) -> tuple[Run, str] | None:
+        """Take the oldest waiting run out of the queue if a slot is free.
+
+        Its ingest token hash is stored before its worker starts, so from
+        here on it counts as live, and an API that dies before storing the
+        worker's handle leaves it recognisable to ``reconcile`` (token, no
+        handle: failed) rather than queued again.
+        """
+        with self.db.writer() as session:
+            # Launched here (it has an ingest token) and not seen to end.
+            live = session.scalar(
+                select(func.count())
+                .select_from(Run)
+                .where(Run.ingest_token_hash.is_not(None), Run.worker_exited_at.is_(None))
             )
-        if run.worker_exited_at is not None:  # e.g. resumed by hand after its worker ended
-            raise Conflict(
-                f"run {run_id}'s worker under this API has ended; stop the one reporting now "
-                "where it runs"
-            )
-        now = utcnow()
-        run.status, run.finished_at, run.updated_at = "cancelled", now, now
-        # At the last event's step, so the worker's own closing events still fit after it.
-        step = session.scalar(select(func.max(Event.step)).where(Event.run_id == run_id)) or 0
-        session.add(
-            Event(
-                run_id=run_id,
-                step=step,
-                kind="cancelled",
-                message="cancelled through the API",
-                data=None,
-                created_at=now,
-            )
+            if live >= self.settings.max_jobs:
+                return None
+            run = session.scalars(
+                select(Run).where(waiting_clause()).order_by(Run.id).limit(1).with_for_update()
+            ).first()
+            if run is None:
+                return None
+            token = secrets.token_urlsafe(32)
+            run.ingest_token_hash = token_hash(token)
+            run.updated_at = utcnow()
+            session.commit()
+        return run, token
+
+    def _start(self, run: Run, token: str) -> None:
+        """Start the claimed run's worker; a start that fails (OSError) fails the run."""
+        run_dir = Path(run.run_dir) if run.run_dir else self.settings.runs_dir / str(run.id)
+        spec = LaunchSpec(
+            run_id=run.id,
+            job_file=run_dir / JOB_FILE,
+            run_dir=run_dir,
+            log_file=run_dir / WORKER_LOG,
+            env={
+                "DORA_API_URL": self.settings.api_url,
+                "DORA_RUN_ID": str(run.id),
+                "DORA_INGEST_TOKEN": token,
+                "DORA_DATA_DIR": str(self.settings.data_dir),
+                **self.settings.worker_thread_env(os.environ),
+            },
         )
-        session.commit()
-    if run.worker_exited_at is None:
-        launcher.stop(run.worker_handle, settings.cancel_grace_s)
-    return run
+        try:
+            handle = self.launcher.start(spec)
+        except OSError as exc:  # no such interpreter, job.json gone, ...: the run ends here
+            with self.db.writer() as session:
+                failed = lock_run(session, run.id)
+                failed.status, failed.error = "failed", f"could not start the worker: {exc}"
+                failed.finished_at = failed.worker_exited_at = failed.updated_at = utcnow()
+                session.commit()
+            return
+        with self.db.writer() as session:
+            lock_run(session, run.id).worker_handle = handle
+            session.commit()
 
+    def cancel(self, run_id: int) -> Run:
+        """Cancel a run: a waiting one never starts; a live worker gets SIGTERM, then SIGKILL."""
+        with self.lock, self.db.writer() as session:
+            run = lock_run(session, run_id)
+            if run.status in FINAL_STATUSES:
+                raise Conflict(f"run {run_id} is already {run.status}; nothing to cancel")
+            waiting = is_waiting(run)
+            if not waiting and run.worker_handle is None:
+                raise Conflict(
+                    f"run {run_id} was not launched by this API; stop its worker where it runs"
+                )
+            if not waiting and run.worker_exited_at is not None:
+                # e.g. resumed by hand after its worker ended
+                raise Conflict(
+                    f"run {run_id}'s worker under this API has ended; stop the one reporting now "
+                    "where it runs"
+                )
+            now = utcnow()
+            run.status, run.finished_at, run.updated_at = "cancelled", now, now
+            # At the last event's step, so the worker's own closing events still fit after it.
+            step = session.scalar(select(func.max(Event.step)).where(Event.run_id == run_id)) or 0
+            message = "cancelled through the API" + (" before it started" if waiting else "")
+            session.add(
+                Event(
+                    run_id=run_id,
+                    step=step,
+                    kind="cancelled",
+                    message=message,
+                    data=None,
+                    created_at=now,
+                )
+            )
+            session.commit()
+        if run.worker_handle is not None and run.worker_exited_at is None:
+            self.launcher.stop(run.worker_handle, self.settings.cancel_grace_s)
+        return run
 
-def stop_for_delete(db: Database, launcher: Launcher, run_id: int) -> Run:
-    """Kill a live worker before its run's data is removed."""
-    with db.reader() as session:
-        run = get_run(session, run_id)
-    if run.worker_handle and run.worker_exited_at is None:
-        launcher.stop(run.worker_handle, grace_s=0)
-        launcher.wait(run.worker_handle, timeout_s=10)
-    return run
+    def delete(self, run_id: int) -> None:
+        """Remove a run's rows and run dir, killing its live worker first.
+
+        A run without a worker (waiting, or reported by hand) goes under the
+        lock, so the scheduler cannot start it meanwhile; a worker is waited
+        for outside it (up to 10 s) so that launches are not held up.
+        """
+        with self.lock, self.db.writer() as session:
+            run = lock_run(session, run_id)
+            if run.worker_handle is None or run.worker_exited_at is not None:
+                remove_run_data(session, self.settings, run)
+                return
+        self.launcher.stop(run.worker_handle, grace_s=0)
+        self.launcher.wait(run.worker_handle, timeout_s=10)
+        with self.db.writer() as session:
+            remove_run_data(session, self.settings, run)
+        self.start_queued()  # its slot is free now, not only at the watcher's next pass
 
 
 def tail_lines(path: Path, count: int, block: int = 64 * 1024) -> list[str]:

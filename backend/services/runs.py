@@ -6,7 +6,7 @@ import math
 import shutil
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.orm import Session
 
 from backend.errors import Conflict, Invalid, NotFound
@@ -43,6 +43,37 @@ def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobC
 def _shorten(msg: str, limit: int = 500) -> str:
     """Messages quote the bad value; a megabyte-long value must not come back whole."""
     return msg if len(msg) <= limit else f"{msg[:limit]}... ({len(msg) - limit} more characters)"
+
+
+def waiting_clause() -> ColumnElement[bool]:
+    """Runs in the job queue: queued by ``POST /api/jobs``, no worker started for them yet.
+
+    The scheduler sets the ingest token hash right before starting a worker,
+    so a run with one has left the queue even while it is still ``queued``
+    (its worker has not registered yet).
+    """
+    return and_(Run.status == "queued", Run.queued_at.is_not(None), Run.ingest_token_hash.is_(None))
+
+
+def is_waiting(run: Run) -> bool:
+    """``waiting_clause`` for a loaded run."""
+    return run.status == "queued" and run.queued_at is not None and run.ingest_token_hash is None
+
+
+def queue_positions(session: Session) -> dict[int, int]:
+    """Waiting run id -> its place in the queue (1 starts next); FIFO, so by id."""
+    ids = session.scalars(select(Run.id).where(waiting_clause()).order_by(Run.id))
+    return {run_id: place for place, run_id in enumerate(ids, start=1)}
+
+
+def queue_position(session: Session, run: Run) -> int | None:
+    """The run's place in the job queue, or None when it is not waiting."""
+    if not is_waiting(run):
+        return None
+    ahead = session.scalar(
+        select(func.count()).select_from(Run).where(waiting_clause(), Run.id < run.id)
+    )
+    return int(ahead or 0) + 1
 
 
 def lock_run(session: Session, run_id: int) -> Run:
@@ -182,7 +213,8 @@ def has_adapter(run: Run) -> bool:
     return bool(run.run_dir) and (Path(run.run_dir) / "adapter" / "adapter_config.json").is_file()
 
 
-def to_public(run: Run) -> RunPublic:
+def to_public(run: Run, queue_position: int | None = None) -> RunPublic:
+    """The API's view of a run; ``queue_position`` from ``queue_position(s)`` when waiting."""
     return RunPublic(
         id=run.id,
         name=run.name,
@@ -206,6 +238,7 @@ def to_public(run: Run) -> RunPublic:
         error=run.error,
         exit_code=run.exit_code,
         has_adapter=has_adapter(run),
+        queue_position=queue_position,
     )
 
 

@@ -73,7 +73,7 @@ STAND_IN = textwrap.dedent(
     command, job_file = sys.argv[1], sys.argv[2]
     job = json.load(open(job_file))
     keys = ("DORA_API_URL", "DORA_RUN_ID", "DORA_INGEST_TOKEN", "DORA_API_TOKEN",
-            "DATABASE_URL", "DORA_DATA_DIR")
+            "DATABASE_URL", "DORA_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     print("stand-in", command, job_file, "cwd=" + os.getcwd(), flush=True)
     print("env " + json.dumps({k: os.environ.get(k) for k in keys}), flush=True)
     mode = job["name"]

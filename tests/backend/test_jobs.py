@@ -311,22 +311,6 @@ def test_adapter_zip_has_the_adapter_files_and_nothing_outside(client, settings,
         assert {n: archive.read(n) for n in archive.namelist()} == files
 
 
-def test_launches_beyond_the_job_limit_are_429_until_a_slot_frees(make_settings, stand_in) -> None:
-    with TestClient(create_app(make_settings(max_jobs=2), stand_in)) as client:
-        first, second = _launch(client, "sleep"), _launch(client, "sleep")
-        refused = client.post("/api/jobs", json={**JOB, "name": "sleep"})
-        assert refused.status_code == 429
-        assert "DORA_MAX_JOBS=2" in refused.json()["detail"]
-        assert client.get("/api/runs").json()["total"] == 2
-        _env_of(client, first["id"])
-        client.post(f"/api/jobs/{first['id']}/cancel")
-        _final(client, first["id"])  # its worker has exited: the slot is free
-        third = _launch(client, "sleep")
-        for run in (second, third):
-            client.post(f"/api/jobs/{run['id']}/cancel")
-            _final(client, run["id"])
-
-
 def test_a_worker_that_cannot_start_fails_its_run_and_frees_its_slot(
     make_settings, tmp_path
 ) -> None:
@@ -336,28 +320,6 @@ def test_a_worker_that_cannot_start_fails_its_run_and_frees_its_slot(
             run = _launch(client, "ok")
             assert run["status"] == "failed"
             assert run["error"].startswith("could not start the worker: ")
-
-
-class _DiesWhileStarting(LocalProcessLauncher):
-    """The API process failing between creating a run and starting its worker."""
-
-    def start(self, spec):
-        raise RuntimeError("the API went down here")
-
-
-def test_restart_fails_runs_whose_worker_was_never_started(make_settings, stand_in) -> None:
-    with TestClient(
-        create_app(make_settings(), _DiesWhileStarting()), raise_server_exceptions=False
-    ) as first:
-        assert first.post("/api/jobs", json={**JOB, "name": "ok"}).status_code == 500
-        [orphan] = first.get("/api/runs").json()["items"]
-        assert orphan["status"] == "queued"
-    with TestClient(create_app(make_settings(max_jobs=1), stand_in)) as second:
-        run = second.get(f"/api/runs/{orphan['id']}").json()
-        assert run["status"] == "failed"
-        assert run["error"] == "the API stopped before it could start this job's worker"
-        ok = _launch(second, "ok")  # the orphan no longer holds the only slot
-        assert _final(second, ok["id"])["status"] == "completed"
 
 
 def test_a_worker_stopped_by_a_signal_after_its_checkpoint_is_cancelled(client) -> None:
