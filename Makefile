@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps run test test-fast lint format bench clean
+.PHONY: install system-deps run test test-fast lint format bench study-quick clean
 
 $(STAMP): pyproject.toml requirements-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The performance benchmarks (docs/benchmarks.md); the DoRA vs LoRA vs AdaLoRA
+# study is separate: `make study-quick`, or bench/study.py for the full grid (hours).
+PERF_BENCH := importance step ingest query telemetry_overhead load
 bench: install
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for name in $(PERF_BENCH); do echo "== bench/$$name.py"; $(PY) bench/$$name.py || exit 1; done
+
+study-quick: install
+	$(PY) bench/study.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
