@@ -73,8 +73,12 @@ def _start_demo(api: str) -> int | None:
         print(f"demo job not started: {exc}")
         return None
     if resp.is_success:
-        run_id = resp.json()["run_id"]
-        print(f"demo job started: run {run_id}")
+        body = resp.json()
+        run_id, place = body["run_id"], body["run"].get("queue_position")
+        if place is None:
+            print(f"demo job started: run {run_id}")
+        else:  # other jobs of this API hold every worker slot (DORA_MAX_JOBS)
+            print(f"demo job queued: run {run_id}, number {place} in line")
         return run_id
     print(f"demo job not started ({resp.status_code}): {resp.text[:300]}")
     return None
@@ -84,12 +88,14 @@ def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0) -> None:
     """Jobs outlive an API restart on purpose; the demo is ours, so it stops with us.
 
     Waits (while the API is still up) for the worker to checkpoint, send its
-    last telemetry and exit, so its run ends recorded rather than spooled.
+    last telemetry and exit, so its run ends recorded rather than spooled. A
+    demo still waiting in the job queue has no worker: cancelling it is all.
     """
     with contextlib.suppress(httpx.HTTPError):
+        run = httpx.get(f"{api}/api/runs/{run_id}", timeout=5.0).json()
         resp = httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(), timeout=10.0)
-        if resp.status_code == 409:  # it had already ended
-            return
+        if resp.status_code == 409 or run.get("queue_position") is not None:
+            return  # it had already ended, or never started
         print("waiting for the demo job to checkpoint and exit...", flush=True)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

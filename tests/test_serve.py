@@ -62,3 +62,45 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         except httpx.HTTPError:
             continue
         raise AssertionError(f"port {port} still answers after Ctrl-C")
+
+
+def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
+    """`make run --demo` posts its job to the API; it may be queued behind other jobs."""
+    import threading
+
+    import uvicorn
+
+    from backend.launcher import LocalProcessLauncher
+    from backend.main import create_app
+    from backend.serve import DEMO_JOB, _cancel_demo, _start_demo
+    from backend.settings import Settings
+    from tests.backend.conftest import STAND_IN
+
+    script = tmp_path / "stand_in_worker.py"
+    script.write_text(STAND_IN)  # the demo's name picks its "run until stopped" mode
+    launcher = LocalProcessLauncher(argv_prefix=(sys.executable, str(script)))
+    settings = Settings(data_dir=tmp_path / "data", max_jobs=1, watch_interval_s=0.1)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, launcher), port=port, log_level="critical")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    api = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{api}/api/health")
+        first = _start_demo(api)
+        assert capsys.readouterr().out.strip() == f"demo job started: run {first}"
+        second = _start_demo(api)  # the first holds the only slot
+        assert capsys.readouterr().out.strip() == f"demo job queued: run {second}, number 1 in line"
+        assert httpx.get(f"{api}/api/runs/{second}").json()["name"] == DEMO_JOB["name"]
+        began = time.monotonic()
+        _cancel_demo(api, second)  # never started: nothing to wait for
+        assert time.monotonic() - began < 5
+        _cancel_demo(api, first, wait_s=15)
+        ended = httpx.get(f"{api}/api/runs/{first}").json()
+        assert (ended["status"], ended["exit_code"]) == ("cancelled", -signal.SIGTERM)
+        assert httpx.get(f"{api}/api/runs/{second}").json()["status"] == "cancelled"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

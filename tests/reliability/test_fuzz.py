@@ -3,7 +3,8 @@
 The app runs in a real uvicorn on a loopback port with a stand-in launcher
 that starts no process at all: an earlier fuzz run against a real launcher
 started some sixty training workers through ``POST /api/jobs`` and ran the
-machine out of memory. As further guards the job cap is 2, and
+machine out of memory. As further guards the job cap is 2 and the queue holds
+at most 2 waiting jobs (so launches soon answer 429), and
 ``subprocess.Popen`` in the launcher module is replaced by a function that
 fails the test. The SSE stream is left out: for a live run it stays open
 by design (tests/backend covers it).
@@ -63,15 +64,22 @@ NOT_FUZZED = {"GET /api/runs/{run_id}/stream"}
 
 
 class NoTraining:
-    """A launcher that starts nothing; its "workers" run until stopped (then exit 143)."""
+    """A launcher that starts nothing; its "workers" run until stopped (then exit 143).
+
+    ``most_live`` is the most "workers" it ever had running when asked to start
+    another, plus that one: never above the job cap.
+    """
 
     def __init__(self) -> None:
         self.started: list[LaunchSpec] = []
         self.stopped: set[str] = set()
+        self.most_live = 0
         self._lock = threading.Lock()
 
     def start(self, spec: LaunchSpec) -> str:
         with self._lock:
+            live = sum(f"fuzz:{s.run_id}" not in self.stopped for s in self.started)
+            self.most_live = max(self.most_live, live + 1)
             self.started.append(spec)
         return f"fuzz:{spec.run_id}"
 
@@ -135,7 +143,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
         raise AssertionError(f"the fuzzed API tried to start a process: {args!r}")
 
     monkeypatch.setattr("backend.launcher.subprocess.Popen", no_process)
-    settings_ = Settings(data_dir=tmp_path / "data", max_jobs=2, watch_interval_s=0.2)
+    settings_ = Settings(data_dir=tmp_path / "data", max_jobs=2, max_queued=2, watch_interval_s=0.2)
     launcher = NoTraining()
     app = create_app(settings_, launcher)
     recorder = Recorder(app)
@@ -158,7 +166,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
 
 def _seed(http: httpx.Client, previous: list[int]) -> list[int]:
     """Fresh targets for the next operation (the fuzz deletes and cancels what it finds):
-    two registered runs with data and one launched job, whose slot the last one frees."""
+    two registered runs with data and one launched job, for which the last one makes room
+    (in a worker slot or the queue)."""
     if previous:
         http.post(f"/api/jobs/{previous[-1]}/cancel")  # 409 if the fuzz got there first
     runs = []
@@ -177,7 +186,7 @@ def _seed(http: httpx.Client, previous: list[int]) -> list[int]:
             and r
         ),
         timeout=10,
-        what="a free job slot",
+        what="room for a job",
     )
     return [*runs, job.json()["run_id"]]
 
@@ -265,12 +274,13 @@ def test_fuzz_the_api_from_its_schema_no_5xx_and_no_partial_writes(served) -> No
                 counts[operation.label] += _fuzz(operation, mode, url, seeded)
     assert len(counts) >= 20 and min(counts.values()) >= 1, counts
 
-    # --- nothing was trained, and the job cap held
+    # --- nothing was trained, the job cap held, and jobs started oldest first
     assert _descendants_running("dora_core.cli") == []
     launches = [x for x in recorder.log if x.path == "/api/jobs" and x.status == 201]
-    assert [s.run_id for s in launcher.started] == [
-        json.loads(x.response)["run_id"] for x in launches
-    ]
+    launched = [json.loads(x.response)["run_id"] for x in launches]
+    started = [s.run_id for s in launcher.started]
+    assert started and set(started) <= set(launched) and started == sorted(started)
+    assert launcher.most_live <= settings_.max_jobs
     assert any(x.path == "/api/jobs" and x.status == 429 for x in recorder.log)
 
     # --- the database holds what the accepted requests wrote, and nothing else
@@ -278,7 +288,10 @@ def test_fuzz_the_api_from_its_schema_no_5xx_and_no_partial_writes(served) -> No
     assert expected["runs"], "the fuzz created no run"
     assert _stored_rows(settings_.database_url) == expected
     run_dirs = {int(p.name) for p in settings_.runs_dir.iterdir()}
-    assert run_dirs == {s.run_id for s in launcher.started} & set(expected["runs"])
+    assert run_dirs == set(launched) & set(expected["runs"])  # queued ones have theirs too
+    # a launched job that never started is still waiting, or was cancelled or deleted meanwhile
+    never = (set(launched) - set(started)) & set(expected["runs"])
+    assert set(_statuses(settings_.database_url, never).values()) <= {"queued", "cancelled"}
 
 
 def _expected_rows(log: list[Exchange]) -> dict[str, Any]:
@@ -310,6 +323,16 @@ def _expected_rows(log: list[Exchange]) -> dict[str, Any]:
         elif x.status == 200 and parts[1] == "jobs" and parts[3:] == ["cancel"]:
             runs[int(parts[2])]["events"] += 1  # the API's own "cancelled" event
     return {"runs": runs}
+
+
+def _statuses(url: str, run_ids: set[int]) -> dict[int, str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, status FROM runs")).all()
+    finally:
+        engine.dispose()
+    return {run_id: status for run_id, status in rows if run_id in run_ids}
 
 
 def _stored_rows(url: str) -> dict[str, Any]:
