@@ -57,8 +57,24 @@ def api_error_state(err: ApiError) -> html.Div:
     return error_state(err.message)
 
 
-def status_badge(status: str) -> html.Span:
-    return html.Span(status, className=f"badge badge-{status}")
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def status_badge(status: str, queue_position: int | None = None) -> html.Span:
+    """The status as a coloured badge; a job waiting for a worker slot also gets its place
+    in the API's queue ("2nd in line"), next to the badge so ``.badge`` stays the status."""
+    badge = html.Span(status, className=f"badge badge-{status}")
+    if status != "queued" or not queue_position:
+        return badge
+    place = html.Span(
+        f"{ordinal(queue_position)} in line",
+        className="queue-place",
+        title="waiting for one of the API's worker slots (DORA_MAX_JOBS); oldest job first",
+    )
+    return html.Span([badge, place], className="status-with-place")
 
 
 def progress_bar(step: int | None, total: int | None) -> html.Div:

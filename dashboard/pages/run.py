@@ -118,7 +118,7 @@ def summary_items(run: dict) -> list[tuple[str, str]]:
 def status_line(run: dict) -> html.Div:
     return html.Div(
         [
-            ui.status_badge(run.get("status", "?")),
+            ui.status_badge(run.get("status", "?"), run.get("queue_position")),
             ui.progress_bar(run.get("step"), run.get("total_steps")),
             html.Div(
                 [

@@ -146,7 +146,7 @@ def _row(run: dict, selected: list[int]) -> html.Tr:
             html.Td(run.get("model") or "–"),
             html.Td(run.get("dataset") or "–"),
             html.Td(
-                ui.status_badge(run.get("status", "?")),
+                ui.status_badge(run.get("status", "?"), run.get("queue_position")),
                 title=run.get("error") or "",
             ),
             html.Td(ui.progress_bar(run.get("step"), run.get("total_steps"))),

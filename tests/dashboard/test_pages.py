@@ -6,6 +6,7 @@ import pytest
 from dash import html, no_update
 
 from dashboard.api import ApiClient, ApiError
+from dashboard.components import ordinal
 from dashboard.pages import compare, jobform, run, runs
 from tests.conftest import free_port
 from tests.dashboard.helpers import texts
@@ -96,6 +97,41 @@ def test_table_shows_an_html_run_name_as_a_text_child() -> None:
         {"runs": [_run(7, name=evil)], "error": None}, None, None, None, None, None
     )
     assert evil in texts(table)  # a plain string child: React renders it as text
+
+
+def test_a_waiting_job_shows_its_place_in_line_next_to_its_badge() -> None:
+    waiting = _run(5, name="<b>next</b>", status="queued", step=None, queue_position=2)
+    starting = _run(6, status="queued", step=None, queue_position=None)  # worker starting up
+    table = runs.render_table(
+        {"runs": [waiting, starting, RUNS[0]], "error": None}, None, None, None, None, None
+    )
+    shown = texts(table)
+    assert "<b>next</b>" in shown and "2nd in line" in shown
+    assert sum("in line" in t for t in shown) == 1
+    line = texts(run.status_line(waiting))
+    assert line[:2] == ["queued", "2nd in line"]
+    assert "in line" not in " ".join(texts(run.status_line(starting)))
+    assert "in line" not in " ".join(texts(run.status_line(RUNS[0])))
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (1, "1st"),
+        (2, "2nd"),
+        (3, "3rd"),
+        (4, "4th"),
+        (11, "11th"),
+        (12, "12th"),
+        (13, "13th"),
+        (21, "21st"),
+        (22, "22nd"),
+        (101, "101st"),
+        (111, "111th"),
+    ],
+)
+def test_ordinal(n: int, text: str) -> None:
+    assert ordinal(n) == text
 
 
 SCHEMA = {
