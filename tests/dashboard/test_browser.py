@@ -37,16 +37,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL_NAME = '<img src=x onerror="window.__xss=1">tiny <b>dora</b>'
 # small enough for well under a minute on two cores, long enough to see
-# pruning: T = 24, pruning from step 2.4 to step 19.2, an event at every step
+# pruning: T = 24, pruning from step 2.4 to step 19.2, an event at every step.
+# Batches of 16 (up to 64 tokens) keep the run near 10 s on one thread, so the page
+# polls several times while the job runs (16 x 4 finished in about a second).
 TINY = {
     "model": "minilm",
     "dataset": "rt-snippets",
     "max_steps": 24,
     "warmup_frac": 0.1,
     "final_frac": 0.2,
-    "batch_size": 4,
-    "max_length": 16,
-    "max_train_samples": 32,
+    "batch_size": 16,
+    "max_length": 64,
+    "max_train_samples": 64,
     "max_dev_samples": 8,
     "eval_every": 12,
     "prune_interval": 1,
