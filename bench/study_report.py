@@ -452,9 +452,9 @@ def figure2_table(profiles: dict[int, dict[str, Any]]) -> list[str]:
         ),
         (
             "very little rank to the last layer's second FFN matrix",
-            f"ffn.out, layer {g['last']} (vs earlier layers)",
+            f"ffn.out, layer {g['last']} (vs 1.00 = b(T); earlier layers' ffn.out in the next line)",
             "ffn2_last",
-            "ffn2_other",
+            None,
             "below",
         ),
     ]
@@ -470,6 +470,10 @@ def figure2_table(profiles: dict[int, dict[str, Any]]) -> list[str]:
         verdicts.append(verdict)
         lines.append(f"| {claim} | {what} | " + " | ".join(values) + f" | {verdict} |")
     lines += [
+        "",
+        "ffn.out of the earlier layers: "
+        + ", ".join(f"b(T)={b} {profiles[b]['ffn2_other']:.2f}" for b in budgets)
+        + ".",
         "",
         f"Of the paper's four observations, {verdicts.count('yes')} hold at every budget "
         f"measured here, {verdicts.count('mixed')} at some budgets only and "
