@@ -65,7 +65,7 @@ def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _start_demo(api: str) -> int | None:
+def _start_demo(api: str, dash_url: str) -> int | None:
     """Launch the demo job; its run id, so that Ctrl-C can cancel it again."""
     try:
         resp = httpx.post(f"{api}/api/jobs", json=DEMO_JOB, headers=_auth(), timeout=30.0)
@@ -79,6 +79,7 @@ def _start_demo(api: str) -> int | None:
             print(f"demo job started: run {run_id}")
         else:  # other jobs of this API hold every worker slot (DORA_MAX_JOBS)
             print(f"demo job queued: run {run_id}, number {place} in line")
+        print(f"  watch it   {dash_url}/runs/{run_id}", flush=True)
         return run_id
     print(f"demo job not started ({resp.status_code}): {resp.text[:300]}")
     return None
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if args.demo:
-            demo_run = _start_demo(api)
+            demo_run = _start_demo(api, dash_url)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a server exited; stopping", file=sys.stderr)

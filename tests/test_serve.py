@@ -89,10 +89,17 @@ def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
     api = f"http://127.0.0.1:{port}"
     try:
         _wait(f"{api}/api/health")
-        first = _start_demo(api)
-        assert capsys.readouterr().out.strip() == f"demo job started: run {first}"
-        second = _start_demo(api)  # the first holds the only slot
-        assert capsys.readouterr().out.strip() == f"demo job queued: run {second}, number 1 in line"
+        dash = "http://127.0.0.1:8050"
+        first = _start_demo(api, dash)
+        assert capsys.readouterr().out.splitlines() == [
+            f"demo job started: run {first}",
+            f"  watch it   {dash}/runs/{first}",
+        ]
+        second = _start_demo(api, dash)  # the first holds the only slot
+        assert capsys.readouterr().out.splitlines() == [
+            f"demo job queued: run {second}, number 1 in line",
+            f"  watch it   {dash}/runs/{second}",
+        ]
         assert httpx.get(f"{api}/api/runs/{second}").json()["name"] == DEMO_JOB["name"]
         began = time.monotonic()
         _cancel_demo(api, second)  # never started: nothing to wait for
