@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +32,24 @@ def free_port() -> int:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def wait_until(
+    what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.1
+) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that; fail naming ``what``.
+
+    Generous by default: the timeout only matters when a test is failing,
+    and the suite shares two cores with training workers.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 # --- real servers (uvicorn, the dashboard) as child processes ----------------------------

@@ -7,10 +7,10 @@ each test starts from an empty schema there). See README, "HTTP API".
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, inspect, text
 from backend.launcher import LocalProcessLauncher
 from backend.main import create_app
 from backend.settings import Settings
+from tests.conftest import wait_until
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_SQLITE = not PG_URL
@@ -128,15 +129,21 @@ def row_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
+def env_of(client: TestClient, run_id: int) -> dict:
+    """The environment the stand-in worker of ``run_id`` printed as its ``env`` log line."""
+    line = wait_until(
+        "the stand-in's env line",
+        lambda: next(
+            (
+                line
+                for line in client.get(f"/api/jobs/{run_id}/log").json()["lines"]
+                if line.startswith("env ")
+            ),
+            None,
+        ),
+        timeout=15,
+    )
+    return json.loads(line[4:])
 
 
 # --- telemetry helpers ---------------------------------------------------------

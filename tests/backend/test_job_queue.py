@@ -23,8 +23,9 @@ from backend.launcher import LaunchSpec, LocalProcessLauncher
 from backend.main import create_app
 from backend.models import Run
 from backend.settings import Settings, SettingsError
-from tests.backend.conftest import row_counts, wait_for
-from tests.backend.test_jobs import JOB, _env_of, _final, _launch
+from tests.backend.conftest import env_of, row_counts
+from tests.backend.test_jobs import JOB, _final, _launch
+from tests.conftest import wait_until
 
 
 class Recording(LocalProcessLauncher):
@@ -105,16 +106,16 @@ def test_a_second_job_waits_its_turn_and_jobs_start_in_creation_order(
             assert not (run_dir / "worker.log").exists()
         listed = {r["id"]: r["queue_position"] for r in client.get("/api/runs").json()["items"]}
         assert listed == {first["id"]: None, second["id"]: 1, third["id"]: 2}
-        _env_of(client, first["id"])
+        env_of(client, first["id"])
         _settle(client)
         assert recording.started == [first["id"]]  # the slot is taken: nothing else starts
 
         client.post(f"/api/jobs/{first['id']}/cancel")
         _final(client, first["id"])
-        wait_for(lambda: _started(client, second["id"]), what="the second job to start")
+        wait_until("the second job to start", lambda: _started(client, second["id"]), timeout=15)
         assert _run(client, second["id"])["queue_position"] is None
         assert _run(client, third["id"])["queue_position"] == 1
-        _env_of(client, second["id"])
+        env_of(client, second["id"])
         _settle(client)
         assert recording.started == [first["id"], second["id"]]
 
@@ -231,7 +232,7 @@ def test_cancels_and_deletes_racing_the_scheduler_never_start_a_removed_job(
         queued = [_launch(client, "sleep" if i in picked else "ok")["id"] for i in range(10)]
         chosen = [queued[i] for i in sorted(picked)]
         rng.shuffle(chosen)
-        _env_of(client, blocker["id"])
+        env_of(client, blocker["id"])
         # spread over the second in which the freed slot passes from job to job
         actions = [("cancel", blocker["id"], 0.0)] + [
             ("cancel" if i % 2 else "delete", run_id, rng.uniform(0.0, 1.0))
@@ -258,7 +259,7 @@ def test_cancels_and_deletes_racing_the_scheduler_never_start_a_removed_job(
             final = run["status"] in ("completed", "cancelled", "failed")
             return final and (run["exit_code"] is not None or not _started(client, run_id))
 
-        wait_for(lambda: all(ended(run_id) for run_id in kept), what="every job to end")
+        wait_until("every job to end", lambda: all(ended(run_id) for run_id in kept), timeout=15)
         for run_id in deleted:
             assert client.get(f"/api/runs/{run_id}").status_code == 404
         for run_id in set(chosen) - deleted:
@@ -314,8 +315,8 @@ def test_a_restarted_api_starts_the_queued_jobs_and_fails_one_caught_mid_start(
         assert gone["error"] == "the API stopped before it could start this job's worker"
         assert recording.started == [waiting[0]["id"]]  # started at start-up, before serving
         assert _final(second, waiting[0]["id"])["status"] == "completed"
-        wait_for(lambda: _started(second, waiting[1]["id"]), what="the next queued job")
-        _env_of(second, waiting[1]["id"])
+        wait_until("the next queued job", lambda: _started(second, waiting[1]["id"]), timeout=15)
+        env_of(second, waiting[1]["id"])
         second.post(f"/api/jobs/{waiting[1]['id']}/cancel")
         assert _final(second, waiting[1]["id"])["status"] == "cancelled"
     assert recording.started == [waiting[0]["id"], waiting[1]["id"]]
@@ -328,7 +329,7 @@ def test_a_restarted_api_keeps_jobs_queued_behind_a_worker_it_adopts(
         alive = _launch(first, "sleep")
         queued = _launch(first, "ok")
         pid = int(_row(first, alive["id"]).worker_handle.split(":")[1])
-        _env_of(first, alive["id"])
+        env_of(first, alive["id"])
     with TestClient(create_app(make_settings(max_jobs=1), recording)) as second:
         _settle(second)
         assert _run(second, queued["id"])["queue_position"] == 1  # the adopted one holds the slot
@@ -370,8 +371,8 @@ def test_the_worker_env_carries_the_thread_count(make_settings, stand_in, monkey
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     with TestClient(create_app(make_settings(max_jobs=3), stand_in)) as client:
-        env = _env_of(client, _launch(client, "ok")["id"])
+        env = env_of(client, _launch(client, "ok")["id"])
         assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2")
         monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the API's own setting wins
-        env = _env_of(client, _launch(client, "ok")["id"])
+        env = env_of(client, _launch(client, "ok")["id"])
         assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("5", None)

@@ -18,7 +18,8 @@ from backend.db import Database
 from backend.launcher import LocalProcessLauncher
 from backend.main import create_app
 from backend.models import Run
-from tests.backend.conftest import row_counts, wait_for
+from tests.backend.conftest import env_of, row_counts
+from tests.conftest import wait_until
 
 JOB = {"model": "minilm", "dataset": "rt-snippets", "max_steps": 20, "target_rank": 4}
 
@@ -32,30 +33,16 @@ def _launch(client, name: str, **fields) -> dict:
 
 
 def _final(client, run_id: int) -> dict:
-    return wait_for(
+    return wait_until(
+        f"run {run_id} to end",
         lambda: (
             (r := client.get(f"/api/runs/{run_id}").json())["status"]
             in ("completed", "failed", "cancelled")
             and r["exit_code"] is not None
             and r
         ),
-        what=f"run {run_id} to end",
+        timeout=15,
     )
-
-
-def _env_of(client, run_id: int) -> dict:
-    line = wait_for(
-        lambda: next(
-            (
-                line
-                for line in client.get(f"/api/jobs/{run_id}/log").json()["lines"]
-                if line.startswith("env ")
-            ),
-            None,
-        ),
-        what="the stand-in's env line",
-    )
-    return json.loads(line[4:])
 
 
 @pytest.mark.parametrize(
@@ -125,7 +112,7 @@ def test_worker_gets_its_run_env_and_log_and_nothing_secret(client, settings, mo
     assert run["status"] in ("queued", "completed")
     job = json.loads((run_dir / "job.json").read_text())
     assert job["output_dir"] == str(run_dir) and job["name"] == "ok" and job["max_steps"] == 20
-    env = _env_of(client, run["id"])
+    env = env_of(client, run["id"])
     assert env["DORA_API_URL"] == settings.api_url == "http://127.0.0.1:8000"
     assert env["DORA_RUN_ID"] == str(run["id"])
     assert env["DORA_DATA_DIR"] == str(settings.data_dir)
@@ -145,7 +132,7 @@ def test_ingest_token_opens_only_its_own_run(make_settings, stand_in) -> None:
         other = client.post("/api/jobs", json={**JOB, "name": "sleep"}, headers=master).json()[
             "run"
         ]
-        token = _env_of(client, run["id"])["DORA_INGEST_TOKEN"]
+        token = env_of(client, run["id"])["DORA_INGEST_TOKEN"]
         mine = {"Authorization": f"Bearer {token}"}
         modules = [{"name": "m", "layer": 0, "type": "q", "shape": [2, 2], "rank": 2}]
         assert (
@@ -195,13 +182,13 @@ def test_worker_killed_by_a_signal(client) -> None:
 
 
 def _pid_of(client, run_id: int) -> int:
-    _env_of(client, run_id)  # the worker is up
+    env_of(client, run_id)  # the worker is up
     return int(_handle(client, run_id).split(":")[1])
 
 
 def test_cancel_sends_sigterm_and_the_worker_exits(client) -> None:
     run = _launch(client, "sleep")
-    _env_of(client, run["id"])
+    env_of(client, run["id"])
     resp = client.post(f"/api/jobs/{run['id']}/cancel")
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     ended = _final(client, run["id"])
@@ -214,7 +201,7 @@ def test_cancel_sends_sigterm_and_the_worker_exits(client) -> None:
 def test_cancel_kills_a_worker_that_ignores_sigterm(make_settings, stand_in) -> None:
     with TestClient(create_app(make_settings(cancel_grace_s=0.5), stand_in)) as client:
         run = _launch(client, "stubborn")
-        _env_of(client, run["id"])
+        env_of(client, run["id"])
         assert client.post(f"/api/jobs/{run['id']}/cancel").status_code == 200
         ended = _final(client, run["id"])
         assert (ended["status"], ended["exit_code"]) == ("cancelled", -9)
@@ -269,11 +256,12 @@ def test_restarted_api_adopts_live_workers_and_fails_dead_ones(
         assert "exit status unknown" in gone["error"] and "boom at step 7" in gone["error"]
         assert second.get(f"/api/runs/{alive['id']}").json()["status"] == "queued"  # adopted
         os.kill(pid_alive, signal.SIGKILL)
-        ended = wait_for(
+        ended = wait_until(
+            "the adopted worker's death",
             lambda: (
                 (r := second.get(f"/api/runs/{alive['id']}").json())["status"] == "failed" and r
             ),
-            what="the adopted worker's death",
+            timeout=15,
         )
         assert "exit status unknown" in ended["error"]
     stand_in.wait(_handle_from(settings, alive["id"]), timeout_s=5)  # reap our own child

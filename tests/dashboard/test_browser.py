@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import pytest
 
 from dashboard.api import ApiClient
 from dashboard.params import live_adapter_params
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, wait_until
 from tests.dashboard.conftest import start_server, stop_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -127,20 +127,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.25
-) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
 def screenshot(driver: Any, path: Path) -> None:
     """The whole page, not just the window."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -217,7 +203,7 @@ def _run_the_scenario(
 
     # --- New job form: a 422 shown next to its field, then a good submit ---
     driver.get(f"{dash_url}/?new=1")
-    wait_for("the job form", lambda: driver.find_elements(By.ID, "job-submit"))
+    wait_until("the job form", lambda: driver.find_elements(By.ID, "job-submit"))
     fill(driver, "name", EVIL_NAME)
     fill(driver, "target_rank", "2")
     fill(driver, "max_steps", str(TINY["max_steps"]))
@@ -236,13 +222,13 @@ def _run_the_scenario(
     ):
         fill(driver, field, str(TINY[field]))
     driver.find_element(By.ID, "job-submit").click()
-    message = wait_for("the lr error next to the field", lambda: text_of(driver, "#job-error-lr"))
+    message = wait_until("the lr error next to the field", lambda: text_of(driver, "#job-error-lr"))
     assert "greater than 0" in message
     assert re.fullmatch(r"/", driver.execute_script("return location.pathname"))
     screenshot(driver, shots / "new-job.png")
     fill(driver, "lr", str(TINY["lr"]))
     driver.find_element(By.ID, "job-submit").click()
-    path = wait_for(
+    path = wait_until(
         "the run page after submit",
         lambda: re.fullmatch(r"/runs/(\d+)", driver.execute_script("return location.pathname")),
     )
@@ -265,7 +251,7 @@ def _run_the_scenario(
             seen.append(z)
         return len(seen) >= 2
 
-    wait_for(
+    wait_until(
         "two different rank heatmaps while the run is running", heatmap_changed_while_running, 150
     )
     first, later = json.loads(seen[0]), json.loads(seen[-1])
@@ -276,17 +262,17 @@ def _run_the_scenario(
     no_script_ran(driver)
 
     # --- it finishes; the poll stops; the adapter downloads through the dashboard ---
-    wait_for(
+    wait_until(
         "the run to complete", lambda: text_of(driver, "#run-status .badge") == "completed", 150
     )
-    wait_for(
+    wait_until(
         "the download link", lambda: driver.find_element(By.ID, "run-download").is_displayed(), 20
     )
     href = driver.find_element(By.ID, "run-download").get_attribute("href")
     body = httpx.get(href, timeout=30).content
     with zipfile.ZipFile(io.BytesIO(body)) as zf:
         assert any(n.endswith("adapter_config.json") for n in zf.namelist())
-    final = json.loads(wait_for("the final heatmap", lambda: heatmap_z(driver)))
+    final = json.loads(wait_until("the final heatmap", lambda: heatmap_z(driver)))
     matrix = api.rank_matrix(run_id)
     assert final == matrix["live"]  # the page shows what the API holds at the end
     # appended live, step by step, the figures hold each step exactly once
@@ -306,7 +292,7 @@ def _run_the_scenario(
 
     # --- Replay starts from step 0, where every module still has all r' components ---
     driver.find_element(By.ID, "run-play-button").click()
-    wait_for(
+    wait_until(
         "the replay's first frame",
         lambda: "step 0 (latest is" in text_of(driver, "#run-step-label"),
     )
@@ -317,7 +303,9 @@ def _run_the_scenario(
 
     # --- runs table: the name is text there too ---
     driver.get(f"{dash_url}/")
-    wait_for("the runs table", lambda: driver.find_elements(By.CSS_SELECTOR, "#runs-table td.name"))
+    wait_until(
+        "the runs table", lambda: driver.find_elements(By.CSS_SELECTOR, "#runs-table td.name")
+    )
     names = driver.execute_script(
         "return [...document.querySelectorAll('#runs-table td.name')].map(e => e.innerText);"
     )
@@ -325,12 +313,12 @@ def _run_the_scenario(
     no_script_ran(driver)
 
     # --- Compare: the DoRA run and the LoRA baseline, both finished ---
-    wait_for("the LoRA run to complete", lambda: api.run(lora_id)["status"] == "completed", 150)
+    wait_until("the LoRA run to complete", lambda: api.run(lora_id)["status"] == "completed", 150)
     driver.get(f"{dash_url}/")
-    wait_for("the LoRA run in the table", lambda: "tiny lora" in text_of(driver, "#runs-table"))
+    wait_until("the LoRA run in the table", lambda: "tiny lora" in text_of(driver, "#runs-table"))
     screenshot(driver, shots / "runs.png")
     driver.get(f"{dash_url}/compare?runs={run_id},{lora_id}")
-    wait_for(
+    wait_until(
         "the compare heatmaps",
         lambda: driver.find_elements(By.CSS_SELECTOR, "#compare-heatmaps .js-plotly-plot"),
     )

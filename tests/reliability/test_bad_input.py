@@ -18,7 +18,8 @@ import pytest
 
 from backend.models import Run
 from dora_core.jobconfig import JobConfig
-from tests.backend.conftest import MODULES, new_run, row_counts, scores_record, wait_for
+from tests.backend.conftest import MODULES, new_run, row_counts, scores_record
+from tests.conftest import wait_until
 
 JOB = {"model": "minilm", "dataset": "rt-snippets", "max_steps": 20, "target_rank": 4}
 AS_JSON = {"content-type": "application/json"}
@@ -198,7 +199,11 @@ def test_request_text_never_reaches_a_command_line(client, stand_in, roots, tmp_
     job = json.loads((run_dir / "job.json").read_text())
     assert (job["name"], job["dataset"]) == (name, str(tricky.resolve()))
     assert client.post(f"/api/jobs/{run['id']}/cancel").status_code == 200  # it idles otherwise
-    wait_for(lambda: client.get(f"/api/runs/{run['id']}").json()["exit_code"] is not None)
+    wait_until(
+        "the worker to exit",
+        lambda: client.get(f"/api/runs/{run['id']}").json()["exit_code"] is not None,
+        timeout=15,
+    )
     for folder in (run_dir, roots["data"], tmp_path, Path.cwd()):
         assert not (folder / "pwned").exists(), folder
 

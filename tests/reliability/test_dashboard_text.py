@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, start_server, stop_server
-from tests.dashboard.test_browser import browser, no_script_ran, text_of, wait_for  # noqa: F401
+from tests.conftest import free_port, start_server, stop_server, wait_until
+from tests.dashboard.test_browser import browser, no_script_ran, text_of  # noqa: F401
 from tests.reliability.helpers import worker_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -39,7 +39,7 @@ def test_error_and_log_lines_with_html_show_as_text(
     created = httpx.post(f"{api.url}/api/jobs", json=job, timeout=30)
     assert created.status_code == 201, created.text
     run_id = created.json()["run_id"]
-    run = wait_for(
+    run = wait_until(
         "the worker to refuse the dataset",
         lambda: (
             (r := httpx.get(f"{api.url}/api/runs/{run_id}").json())["exit_code"] is not None and r
@@ -60,12 +60,12 @@ def test_error_and_log_lines_with_html_show_as_text(
     )
     try:
         browser.get(f"http://127.0.0.1:{port}/")
-        wait_for("the run in the list", lambda: EVIL_NAME in text_of(browser, "body"))
+        wait_until("the run in the list", lambda: EVIL_NAME in text_of(browser, "body"))
         no_script_ran(browser)
 
         browser.get(f"http://127.0.0.1:{port}/runs/{run_id}")
-        wait_for("the run's name", lambda: text_of(browser, "#run-name") == EVIL_NAME)
-        box = wait_for(
+        wait_until("the run's name", lambda: text_of(browser, "#run-name") == EVIL_NAME)
+        box = wait_until(
             "the failure box with the log",
             lambda: "Last log lines" in (t := text_of(browser, "#run-failure")) and t,
         )

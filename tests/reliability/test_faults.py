@@ -26,6 +26,7 @@ from backend.main import create_app
 from backend.settings import Settings
 from dora_core.train import checkpoint
 from tests.backend.conftest import MODULES, row_counts, scores_record
+from tests.conftest import wait_until
 from tests.reliability.helpers import (
     TINY_JOB,
     ApiServer,
@@ -34,7 +35,6 @@ from tests.reliability.helpers import (
     read_records,
     spool_items,
     start_worker,
-    wait_until,
 )
 
 TOKEN = "reliability-master-token"

@@ -40,8 +40,8 @@ from sqlalchemy import create_engine, text
 from backend.launcher import LaunchSpec, WorkerExit
 from backend.main import create_app
 from backend.settings import Settings
-from tests.backend.conftest import MODULES, scores_record, wait_for
-from tests.conftest import free_port
+from tests.backend.conftest import MODULES, scores_record
+from tests.conftest import free_port, wait_until
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -177,7 +177,8 @@ def _seed(http: httpx.Client, previous: list[int]) -> list[int]:
         batch = {"seq": 0, "scores": [scores_record(1)], "events": [{"step": 1, "kind": "log"}]}
         http.post(f"/api/runs/{run_id}/telemetry", json=batch).raise_for_status()
         runs.append(run_id)
-    job = wait_for(
+    job = wait_until(
+        "room for a job",
         lambda: (
             (
                 r := http.post("/api/jobs", json={"model": "minilm", "dataset": "rt-snippets"})
@@ -186,7 +187,6 @@ def _seed(http: httpx.Client, previous: list[int]) -> list[int]:
             and r
         ),
         timeout=10,
-        what="room for a job",
     )
     return [*runs, job.json()["run_id"]]
 

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from backend.main import create_app
 from backend.settings import Settings, is_loopback_host
-from tests.backend.conftest import MODULES, row_counts, wait_for
+from tests.backend.conftest import MODULES, env_of, row_counts
 from tests.conftest import REPO_ROOT, free_port
 from tests.reliability.helpers import worker_env
 
@@ -241,18 +241,7 @@ def test_cross_site_writes_are_refused(make_settings, stand_in, settings) -> Non
 
 def _token_of(client: TestClient, run_id: int) -> str:
     """The token the launcher put in the (stand-in) worker's environment, from its log."""
-    line = wait_for(
-        lambda: next(
-            (
-                line
-                for line in client.get(f"/api/jobs/{run_id}/log").json()["lines"]
-                if line.startswith("env ")
-            ),
-            None,
-        ),
-        what="the stand-in's env line",
-    )
-    return json.loads(line[4:])["DORA_INGEST_TOKEN"]
+    return env_of(client, run_id)["DORA_INGEST_TOKEN"]
 
 
 def test_a_run_token_writes_its_own_run_and_nothing_else(make_settings, stand_in) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from dora_core.telemetry import SPOOL_FILE, Reporter, read_metrics
 from dora_core.telemetry.journal import Journal
+from tests.conftest import wait_until
 from tests.worker.fake_api import FakeApi
 
 
@@ -27,14 +28,6 @@ def by_type(records: list[dict]) -> dict[str, list[dict]]:
     for r in records:
         out.setdefault(r["type"], []).append(r)
     return out
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
 
 
 def emit(reporter: Reporter, steps: range) -> None:
@@ -98,9 +91,9 @@ def test_spools_while_down_and_replays_in_order(tmp_path) -> None:
     reporter = Reporter(tmp_path, api.url, run_id=5, flush_interval=0.02, max_backoff=0.2)
     spool_lines = lambda: len((tmp_path / SPOOL_FILE).read_text().splitlines())  # noqa: E731
     emit(reporter, range(10))
-    wait_for(lambda: spool_lines() >= 1)
+    wait_until("a first spooled batch", lambda: spool_lines() >= 1, timeout=20)
     emit(reporter, range(10, 20))
-    wait_for(lambda: spool_lines() >= 2)
+    wait_until("a second spooled batch", lambda: spool_lines() >= 2, timeout=20)
     spooled = [json.loads(line) for line in (tmp_path / SPOOL_FILE).read_text().splitlines()]
     assert [item["body"]["seq"] for item in spooled] == list(range(len(spooled)))
     api.start()
