@@ -3,12 +3,13 @@
 Most tests replace the one thing that trains (``CellRunner.run``) with a stand-in
 that returns a record whose scores the test chose, so the scheduling is checked
 against hand-written expectations in milliseconds; the last test trains a tiny
-real cell through the real worker and MiniLM.
+real cell through the real worker and MiniLM, reporting to a real API.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,7 +17,9 @@ import pytest
 
 from bench import study
 from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
+from dashboard.api import ApiClient
 from dora_core.presets import DATASETS, MODELS
+from tests.conftest import free_port, start_server, stop_server
 
 GRID = Grid(
     name="t",
@@ -136,6 +139,7 @@ def test_user_errors_are_one_line(capsys) -> None:
 
 @pytest.mark.slow
 def test_one_tiny_real_cell_end_to_end(tmp_path) -> None:
+    """A real cell through the real worker, reporting to a real API (the dashboard's view)."""
     for preset in (MODELS["minilm"], DATASETS["sms-spam"]):
         if not preset.available:
             pytest.skip(f"{preset.name} is not installed ({preset.install_hint})")
@@ -149,9 +153,32 @@ def test_one_tiny_real_cell_end_to_end(tmp_path) -> None:
         search_budget=2,
     )
     files = study.Files(grid, tmp_path / "results", tmp_path / "runs")
-    summary = study.run_study(grid, files, jobs=1, threads=1, progress=False)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DORA_DATA_DIR": str(tmp_path / "api")}
+    env.pop("DORA_API_TOKEN", None)
+    env.pop("DATABASE_URL", None)
+    (tmp_path / "api").mkdir()
+    server = start_server(
+        ["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        f"{url}/api/health",
+        tmp_path / "api" / "api.log",
+    )
+    try:
+        summary = study.run_study(grid, files, api=url, jobs=1, threads=1, progress=False)
+        api = ApiClient(url, token="")
+        (run,) = api.all_runs()
+        matrix = api.rank_matrix(run["id"])
+        api.close()
+    finally:
+        stop_server(server)
     assert summary["cells_run"] == 1 and summary["complete"]
     (record,) = ResultFile(files.cells.path).records()
+    # the cell is an ordinary run in the API's database, as the dashboard shows it
+    assert run["status"] == "completed"
+    assert (run["config"]["dataset"], run["config"]["method"]) == ("sms-spam", "dora")
+    assert sum(v for row in matrix["live"] for v in row if v is not None) == 72
     assert record["from_search"] and record["phase"] == "final"
     assert (record["steps"], record["train_size"], record["dev_size"]) == (4, 32, 16)
     assert 0 <= record["accuracy"] <= 1 and record["wall_s"] >= record["train_s"] > 0
