@@ -210,10 +210,17 @@ class ApiClient:
         return body["series"]
 
     def events(
-        self, run_id: int, kind: str | None = None, since_step: int | None = None
+        self,
+        run_id: int,
+        kind: str | None = None,
+        since_step: int | None = None,
+        limit: int | None = None,
     ) -> list[dict]:
+        """Oldest first; with ``limit``, only the latest that many."""
         return self._request(
-            "GET", f"/runs/{run_id}/events", params=_params(kind=kind, since_step=since_step)
+            "GET",
+            f"/runs/{run_id}/events",
+            params=_params(kind=kind, since_step=since_step, limit=limit),
         )
 
     # --- jobs ---

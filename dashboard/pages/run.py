@@ -1,5 +1,5 @@
 """Run page (``/runs/<id>``): status, live rank heatmap with replay, budget,
-component importance, loss and metric curves, cancel and adapter download.
+component importance, loss and metric curves, events, cancel and adapter download.
 
 One poll (``GET /api/runs/<id>``) per tick drives everything: when the run
 changed, each stream fetches only what is new (``since_step``) and appends
@@ -26,6 +26,7 @@ PLAY_MS = 600
 MAX_SCORE_POINTS = 400
 MAX_SCALAR_POINTS = 1000
 LOG_TAIL = 15
+EVENT_ROWS = 50  # the events card lists the latest this many
 # (scalar group, card title, y axis, empty message): the curve cards
 SCALAR_PLOTS = (
     ("loss", "Loss", "loss", "No loss reported yet."),
@@ -276,6 +277,7 @@ def layout(client: ApiClient, run_id: int) -> html.Div:
                 ],
                 className="grid-3",
             ),
+            ui.card("Events", html.Div(id="run-events")),
             dcc.Store(id="run-state", data=run),
             dcc.Store(id="run-modules", data=modules),
             dcc.Store(id="run-latest", data=latest),
@@ -286,6 +288,27 @@ def layout(client: ApiClient, run_id: int) -> html.Div:
             dcc.Interval(id="run-play", interval=PLAY_MS, disabled=True),
         ]
     )
+
+
+def events_table(events: list[dict]) -> html.Div:
+    """Events newest first (pruning, evaluations, checkpoints, status), as text."""
+    if not events:
+        return ui.empty_state(
+            "No events yet.",
+            "Pruning steps, evaluations and checkpoints are listed as they happen.",
+        )
+    rows = [
+        html.Tr(
+            [
+                html.Td(str(event.get("step", "")), className="num"),
+                html.Td(str(event.get("kind", "")).replace("_", " ")),
+                html.Td(event.get("message") or ""),
+            ]
+        )
+        for event in reversed(events)
+    ]
+    head = html.Thead(html.Tr([html.Th("step"), html.Th("event"), html.Th("message")]))
+    return html.Div(html.Table([head, html.Tbody(rows)], className="table"), className="events")
 
 
 # --- callbacks as plain functions (client first; registered below) ------------
@@ -355,6 +378,14 @@ def heatmap(
         of = f" of {ui.fmt_count(start)} at r'" if start else ""
         label += f" Live adapter parameters: {ui.fmt_count(live)}{of}."
     return fig, label
+
+
+def events(client: ApiClient, run: dict) -> Any:
+    """The events card, refetched (a bounded page) whenever the polled run changed."""
+    try:
+        return events_table(client.events(run["id"], limit=EVENT_ROWS))
+    except ApiError as err:
+        return ui.api_error_state(err)
 
 
 def budget(client: ApiClient, run: dict, cursor: int | None) -> tuple[Any, Any]:
@@ -537,6 +568,10 @@ def register(app: Dash, client: ApiClient) -> None:
     )
     def _poll(_n, state):
         return poll(client, state)
+
+    @app.callback(Output("run-events", "children"), Input("run-state", "data"))
+    def _events(run):
+        return events(client, run)
 
     @app.callback(
         Output("run-status", "children"),

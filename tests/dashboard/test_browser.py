@@ -272,6 +272,12 @@ def _run_the_scenario(
     body = httpx.get(href, timeout=30).content
     with zipfile.ZipFile(io.BytesIO(body)) as zf:
         assert any(n.endswith("adapter_config.json") for n in zf.namelist())
+    # the events card lists the run's milestones, newest first
+    events = wait_until(
+        "the finished event",
+        lambda: (t := text_of(driver, "#run-events")) and "finished" in t and t,
+    )
+    assert events.index("finished") < events.index("mask frozen") < events.index("started")
     final = json.loads(wait_until("the final heatmap", lambda: heatmap_z(driver)))
     matrix = api.rank_matrix(run_id)
     assert final == matrix["live"]  # the page shows what the API holds at the end

@@ -294,6 +294,24 @@ def test_failure_box_shows_error_exit_status_and_log_as_text() -> None:
     assert run.failure_box(_run(1), []) is None
 
 
+def test_events_newest_first_as_text() -> None:
+    events = [
+        {"step": 0, "kind": "started", "message": "dora on minilm / rt-snippets: 300 steps"},
+        {"step": 30, "kind": "prune", "message": "pruned to 215 live components (target 215)"},
+        {"step": 210, "kind": "mask_frozen", "message": "<b>mask</b> frozen with 144 live"},
+    ]
+    table = run.events_table(events)
+    rows = [[texts(td)[0] for td in tr.children] for tr in table.children.children[1].children]
+    assert rows == [
+        ["210", "mask frozen", "<b>mask</b> frozen with 144 live"],
+        ["30", "prune", "pruned to 215 live components (target 215)"],
+        ["0", "started", "dora on minilm / rt-snippets: 300 steps"],
+    ]
+    assert "No events yet." in texts(run.events_table([]))
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")
+    assert any("cannot reach the API" in t for t in texts(run.events(down, _run(1))))
+
+
 def test_play_button_and_frames() -> None:
     # pressing play at the live end restarts from 0; pressing again stops
     assert run.play_toggle(False, 100, 100) == (False, "❚❚ Pause", 0)
