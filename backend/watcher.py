@@ -4,7 +4,8 @@ One pass looks at every run whose worker has not been seen to end and asks
 the launcher about it. At start-up, ``reconcile`` runs the same pass over
 runs left "running" by a previous API process: a worker still alive (same
 pid and start time) is adopted and watched; one that is gone is recorded as
-ended.
+ended. Before an ended worker is recorded, whatever it left in its spool
+(it gave up waiting for an API that was away) is stored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -21,6 +23,7 @@ from backend.errors import NotFound
 from backend.launcher import Launcher
 from backend.models import FINAL_STATUSES, Run, utcnow
 from backend.services.jobs import record_exit
+from backend.services.spool import replay_spool
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +32,20 @@ def check_workers(db: Database, launcher: Launcher) -> list[int]:
     """One pass; returns the ids of runs whose worker was found ended."""
     with db.reader() as session:
         watched = session.execute(
-            select(Run.id, Run.worker_handle).where(
+            select(Run.id, Run.worker_handle, Run.run_dir).where(
                 Run.worker_handle.is_not(None), Run.worker_exited_at.is_(None)
             )
         ).all()
     ended = []
-    for run_id, handle in watched:
+    for run_id, handle, run_dir in watched:
         try:
             result = launcher.poll(handle)
         except ValueError:  # a handle some other launcher wrote
             continue
         if result is not None:
             with contextlib.suppress(NotFound):  # deleted meanwhile
+                if run_dir:  # what it could not send before it gave up on the API
+                    replay_spool(db, run_id, Path(run_dir))
                 record_exit(db, run_id, result)
             ended.append(run_id)
     return ended

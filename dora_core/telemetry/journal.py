@@ -80,18 +80,10 @@ class Journal:
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
         metrics = _read_lines(self.metrics_path)
-        committed = self.state["metrics_lines"]
-        pending = []
-        for line in _read_lines(self.spool_path):
-            item = json.loads(line)
-            seq = item["body"].get("seq") if item["path"] == "telemetry" else None
-            if seq is None or seq < self.state["next_seq"]:
-                pending.append(item)
-            elif seq == self.state["next_seq"] and len(metrics) >= committed + _count(item["body"]):
-                # Written to both files, killed before the commit: complete it.
-                committed += _count(item["body"])
-                self.state["next_seq"] = seq + 1
-                pending.append(item)
+        spooled = [json.loads(line) for line in _read_lines(self.spool_path)]
+        pending, committed, self.state["next_seq"] = settle(
+            spooled, self.state["next_seq"], self.state["metrics_lines"], len(metrics)
+        )
         self.state["metrics_lines"] = committed
         self.pending = pending if self.use_spool else []
         metrics = metrics[:committed]
@@ -193,6 +185,46 @@ def _wire_line(record: dict) -> str | None:
 
 def _count(body: dict) -> int:
     return sum(len(body.get(key, [])) for key in BATCH_KEYS.values())
+
+
+def settle(
+    spooled: list[dict], next_seq: int, metrics_lines: int, metrics_on_disk: int
+) -> tuple[list[dict], int, int]:
+    """Which spooled requests are committed: (pending, metrics lines, next seq).
+
+    The state file is the commit point. A batch past it counts only when it
+    is the very next one and its records are all in ``metrics.jsonl``
+    (killed between those writes and the state's): it is completed, not lost.
+    """
+    pending = []
+    for item in spooled:
+        seq = item["body"].get("seq") if item["path"] == "telemetry" else None
+        if seq is None or seq < next_seq:
+            pending.append(item)
+        elif seq == next_seq and metrics_on_disk >= metrics_lines + _count(item["body"]):
+            metrics_lines += _count(item["body"])
+            next_seq = seq + 1
+            pending.append(item)
+    return pending, metrics_lines, next_seq
+
+
+def committed_spool(run_dir: str | Path) -> list[dict]:
+    """The requests a run's spool still holds, oldest first, read without changing a file.
+
+    The same rule as a resumed worker's recovery, for a reader that is not
+    the worker (the API taking in what an ended worker left behind).
+    """
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    spooled = [json.loads(line) for line in _read_lines(run_dir / SPOOL_FILE)]
+    pending, _, _ = settle(
+        spooled,
+        state.get("next_seq", 0),
+        state.get("metrics_lines", 0),
+        len(_read_lines(run_dir / METRICS_FILE)),
+    )
+    return pending
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

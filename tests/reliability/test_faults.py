@@ -118,6 +118,29 @@ def test_api_down_for_a_while_the_worker_spools_and_replays_everything_once(
 
 
 @pytest.mark.slow
+def test_api_away_until_the_worker_gave_up_then_restarted_takes_in_its_spool(
+    api_factory,
+) -> None:
+    """The worker ends (exit 0, batches left in its spool) while the API is down;
+    the restarted API stores what the spool holds, and the run is complete."""
+    api = api_factory(token=TOKEN)
+    run_id, run_dir = _launch(api, name="outlived")
+    with _client(api) as http:
+        wait_until("two steps in the database", lambda: _step(http, run_id) >= 2)
+    pid = _pid(api, run_id)
+    api.kill()
+    # after its last step the worker waits 15 s for the API, then exits
+    wait_until("the worker to give up and exit", lambda: not _alive(pid), timeout=WORKER_TIMEOUT)
+    assert spool_items(run_dir) >= 1 and _stored_step(api, run_id) < TINY_JOB["max_steps"]
+    api.start()
+
+    with _client(api) as http:
+        run = http.get(f"/api/runs/{run_id}").json()  # reconciled before the API serves
+        assert (run["status"], run["step"]) == ("completed", TINY_JOB["max_steps"])
+        assert_stored_exactly_once(api, http, run_id, run_dir, spool_left=True)
+
+
+@pytest.mark.slow
 def test_api_killed_while_a_job_runs_then_restarted(api_factory) -> None:
     """SIGKILL the API under a launched job: the worker goes on, a new API adopts it."""
     api = api_factory(token=TOKEN)
