@@ -85,6 +85,68 @@ def summary(
     }
 
 
+# The paper's Table 2 (GLUE averages, RoBERTa-base), for the verdict.
+PAPER_AVERAGE = {
+    2: {"dora": 86.38, "lora": 85.50, "adalora": 85.93},
+    8: {"dora": 86.97, "lora": 86.13, "adalora": 86.38},
+}
+
+
+def averages(
+    records: list[dict[str, Any]], grid: Grid, metric: str
+) -> dict[tuple[int, str], float | None]:
+    """(budget, method) -> the mean over datasets of the per-dataset means; None until
+    every dataset has all its seeds for that column (a partial mean would mislead)."""
+    stats = summary(records, metric)
+    rows = [p.name for p in grid.datasets]
+    out: dict[tuple[int, str], float | None] = {}
+    for b in grid.budgets:
+        for m in grid.methods:
+            values = [stats[(d, b, m)] for d in rows if (d, b, m) in stats]
+            complete = len(values) == len(rows) and all(v[2] == len(grid.seeds) for v in values)
+            out[(b, m)] = sum(v[0] for v in values) / len(rows) if complete else None
+    return out
+
+
+def headline_verdict(records: list[dict[str, Any]], grid: Grid) -> list[str]:
+    """The paper's headline claim against the finished grid: each budget's methods ranked
+    by their average dev accuracy over the datasets, next to the paper's GLUE averages."""
+    avg = averages(records, grid, "accuracy")
+    if any(v is None for v in avg.values()):
+        return []
+    lines = []
+    dora_first = 0
+    for b in grid.budgets:
+        ranked = sorted(grid.methods, key=lambda m: -avg[(b, m)])
+        dora_first += all(avg[(b, "dora")] > avg[(b, m)] for m in grid.methods if m != "dora")
+        ours = ", ".join(f"{METHOD_NAMES[m]} {avg[(b, m)] * 100:.2f}" for m in ranked)
+        paper = PAPER_AVERAGE.get(b)
+        theirs = (
+            " (paper, GLUE: "
+            + ", ".join(
+                f"{METHOD_NAMES[m].split(' (')[0]} {paper[m]:.2f}"
+                for m in sorted(paper, key=lambda m: -paper[m])
+            )
+            + ")"
+            if paper
+            else ""
+        )
+        lines.append(f"- b(T)={b}: {ours}{theirs}.")
+    held = (
+        "reproduced"
+        if dora_first == len(grid.budgets)
+        else "reproduced at some budgets only"
+        if dora_first
+        else "not reproduced"
+    )
+    head = (
+        f"**Verdict:** the paper's headline (DoRA has the best average at every budget) is "
+        f"**{held}** here (a tie is not a win). Average dev accuracy over the "
+        f"{len(grid.datasets)} dataset{'s' if len(grid.datasets) != 1 else ''}, best first:"
+    )
+    return [head, "", *lines]
+
+
 def metric_table(
     records: list[dict[str, Any]], grid: Grid, metric: str, with_average: bool = True
 ) -> str:
@@ -110,15 +172,13 @@ def metric_table(
                 cells.append(f"**{text}**" if len(means) > 1 and mean == top else text)
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     if with_average:
-        avg = []
-        for b in grid.budgets:
-            for m in grid.methods:
-                values = [stats[(d, b, m)] for d in rows if (d, b, m) in stats]
-                complete = len(values) == len(rows) and all(v[2] == len(grid.seeds) for v in values)
-                avg.append(
-                    f"{sum(v[0] for v in values) / len(rows) * 100:.2f}" if complete else "–"
-                )
-        lines.append("| **average** | " + " | ".join(avg) + " |")
+        avg = averages(records, grid, metric)
+        cells = [
+            "–" if avg[(b, m)] is None else f"{avg[(b, m)] * 100:.2f}"
+            for b in grid.budgets
+            for m in grid.methods
+        ]
+        lines.append("| **average** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -322,7 +382,7 @@ def stuck_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
     return lines
 
 
-def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
+def wins_reading(records: list[dict[str, Any]], grid: Grid, complete: bool = False) -> list[str]:
     """Per dataset and budget: DoRA's mean accuracy against the best baseline's, and whether
     the gap is larger than the seeds' spread (the larger of the two stds)."""
     stats = summary(records, "accuracy")
@@ -348,7 +408,9 @@ def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
                 wins += 1
             verdict = "DoRA ahead" if gap > 0 else "DoRA behind" if gap < 0 else "a tie"
             if n < 2:
-                verdict += " (one seed so far: no spread yet)"
+                verdict += (
+                    " (one seed: no spread)" if complete else " (one seed so far: no spread yet)"
+                )
             elif gap:
                 verdict += (
                     ", within the seed spread" if abs(gap) <= spread else ", beyond the seed spread"
@@ -372,7 +434,8 @@ def wins_reading(records: list[dict[str, Any]], grid: Grid) -> list[str]:
     if total:
         lines.insert(
             0,
-            f"DoRA has the best mean dev accuracy in **{wins} of {total}** dataset × budget cells so far:",
+            f"DoRA has the best mean dev accuracy in **{wins} of {total}** dataset × budget cells"
+            + (":" if complete else " so far:"),
         )
     return lines
 
@@ -585,7 +648,12 @@ def grid_results(
         "",
         "### Reading: accuracy",
         "",
-        *(wins_reading(cells, grid) or ["No comparable cells yet."]),
+        *(verdict_lines := headline_verdict(cells, grid)),
+        *([""] if verdict_lines else []),
+        *(
+            wins_reading(cells, grid, complete=len(cells) == expected)
+            or ["No comparable cells yet."]
+        ),
         "",
         *(stuck_reading(cells, grid) if cells else []),
         "",

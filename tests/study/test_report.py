@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bench import study_report
-from bench.study_grid import FULL, Cell
+from bench.study_grid import FULL, Cell, DatasetPlan, Grid
 
 TYPES = [
     "attention.self.query",
@@ -88,6 +88,36 @@ def test_wins_reading_compares_with_the_best_baseline() -> None:
     # larger std (2), so the gap is not "within the seed spread".
     assert "AdaLoRA (PEFT) 86.00" in lines[1]
     assert "-4.00 points, DoRA behind, beyond the seed spread;" in lines[1]
+
+
+ONE_SEED = Grid(
+    name="t",
+    datasets=(DatasetPlan("rt-snippets", steps=10, max_length=16, max_train=32, max_dev=16),),
+    seeds=(0,),
+)
+
+
+def test_verdict_ranks_the_averages_and_says_whether_the_headline_holds() -> None:
+    accs = {2: {"dora": 0.90, "lora": 0.80, "adalora": 0.85}, 8: {"dora": 0.70, "lora": 0.80}}
+    records = [record(m, 0, a, a, budget=b) for b, row in accs.items() for m, a in row.items()]
+    # a column without its seeds: no verdict yet
+    assert study_report.headline_verdict(records, ONE_SEED) == []
+    records.append(record("adalora", 0, 0.75, 0.75, budget=8))
+    head, _, b2, b8 = study_report.headline_verdict(records, ONE_SEED)
+    assert "**reproduced at some budgets only**" in head and "over the 1 dataset," in head
+    assert b2.startswith("- b(T)=2: DoRA (ours) 90.00, AdaLoRA (PEFT) 85.00, LoRA (PEFT) 80.00")
+    assert "(paper, GLUE: DoRA 86.38, AdaLoRA 85.93, LoRA 85.50)" in b2
+    assert b8.startswith("- b(T)=8: LoRA (PEFT) 80.00, AdaLoRA (PEFT) 75.00, DoRA (ours) 70.00")
+
+
+def test_a_tie_at_the_top_is_not_a_win() -> None:
+    records = [
+        record(m, 0, a, a, budget=b)
+        for b in (2, 8)
+        for m, a in (("dora", 0.9), ("lora", 0.9), ("adalora", 0.8))
+    ]
+    head = study_report.headline_verdict(records, ONE_SEED)[0]
+    assert "**not reproduced**" in head
 
 
 def test_figure2_comparison_on_a_hand_made_allocation() -> None:
