@@ -183,6 +183,23 @@ def _side_rows(chunk: list[dict]) -> tuple[list[tuple], list[tuple]]:
     return budget, scalars
 
 
+def _time_inserts(
+    conn: sqlite3.Connection, score_sql: str, prepared: list[tuple[list, list, list]]
+) -> float:
+    """Seconds to insert every prepared batch (score rows, budget, scalars), one
+    transaction each, as the API commits them; the connection is closed after."""
+    start = time.perf_counter()
+    for scores, budget, scalars in prepared:
+        conn.execute("BEGIN")
+        conn.executemany(score_sql, scores)
+        conn.executemany("INSERT INTO budget VALUES (?, ?, ?, ?, ?)", budget)
+        conn.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", scalars)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
 def time_per_value(path: Path, chunks: list[list[dict]]) -> float:
     conn = _sqlite(path)
     conn.executescript(
@@ -201,16 +218,7 @@ def time_per_value(path: Path, chunks: list[list[dict]]) -> float:
             for c, (score, mask) in enumerate(zip(scores, masks, strict=True))
         ]
         prepared.append((values, *_side_rows(chunk)))
-    start = time.perf_counter()
-    for values, budget, scalars in prepared:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO score_values VALUES (?, ?, ?, ?, ?, ?)", values)
-        conn.executemany("INSERT INTO budget VALUES (?, ?, ?, ?, ?)", budget)
-        conn.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", scalars)
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return elapsed
+    return _time_inserts(conn, "INSERT INTO score_values VALUES (?, ?, ?, ?, ?, ?)", prepared)
 
 
 def time_packed(path: Path, layout: Layout, chunks: list[list[dict]]) -> float:
@@ -227,16 +235,7 @@ def time_packed(path: Path, layout: Layout, chunks: list[list[dict]]) -> float:
         )
         for chunk in chunks
     ]
-    start = time.perf_counter()
-    for rows, budget, scalars in prepared:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO score_steps VALUES (?, ?, ?, ?)", rows)
-        conn.executemany("INSERT INTO budget VALUES (?, ?, ?, ?, ?)", budget)
-        conn.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", scalars)
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return elapsed
+    return _time_inserts(conn, "INSERT INTO score_steps VALUES (?, ?, ?, ?)", prepared)
 
 
 def db_bytes(path: Path) -> int:
