@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops cleanly too
+    # and Ctrl-C / SIGINT even where it started ignored (a shell script's `make run &`)
+    signal.signal(signal.SIGINT, _interrupt)
 
     for port in (args.api_port, args.dash_port):
         if not _port_free(args.host, port):

@@ -24,7 +24,13 @@ def _wait(url: str, timeout: float = 90.0) -> httpx.Response:
             time.sleep(0.5)
 
 
+def _ignore_sigint() -> None:
+    """What a non-interactive shell does to a background job (`make run &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
+    """Started with SIGINT ignored, as from a script in the background: it still stops on it."""
     api_port, dash_port = free_port(), free_port()
     env = {**os.environ, "DORA_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
@@ -42,6 +48,7 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint,
     )
     try:
         health = _wait(f"http://127.0.0.1:{api_port}/api/health")
