@@ -7,31 +7,12 @@ paths confined to folders under the data dir. Tests build their own instance
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def is_loopback_host(host: str) -> bool:
-    """True for a loopback IP literal (127.0.0.0/8, ::1, ::ffff:127.x) or the name ``localhost``.
-
-    Only literals count: a name such as ``127.0.0.1.example.com`` starts like a
-    loopback address but resolves wherever its DNS says.
-    """
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+from dora_core.hosts import is_loopback_host
 
 
 def exposure_error(host: str, api_token: str | None) -> str | None:

@@ -7,7 +7,6 @@ URL is bookmarkable: ``/``, ``/runs/<id>``, ``/compare?runs=1,2``.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from dash import Dash, Input, Output, dcc, html
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, run, runs
+from dora_core.hosts import is_loopback_host
 
 HEALTH_MS = 10_000
 _RUN_PATH = re.compile(r"^/runs/(\d+)/?$")
@@ -62,22 +62,13 @@ def allowed_host(host: str, extra: frozenset[str] = frozenset()) -> bool:
     which act on the API with the dashboard's access. Its requests still name
     that page's host, so only loopback names (and the names listed in
     DORA_DASH_ALLOWED_HOSTS) are served. The API checks the same for itself
-    (backend.security); the dashboard never imports the backend, hence this
-    small twin.
+    (backend.security) with the same rule (``dora_core.hosts``).
     """
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
     except ValueError:
         return False
-    if name == "localhost" or name in extra:
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    return name in extra or is_loopback_host(name)
 
 
 def create_app(api_url: str | None = None, client: ApiClient | None = None) -> Dash:
