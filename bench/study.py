@@ -44,6 +44,7 @@ from bench.study_grid import (  # noqa: E402
     search_cells,
     select_lr,
 )
+from bench.study_round2 import ROUND2, Round2Study  # noqa: E402
 
 RESULTS_DIR = ROOT / "docs" / "results"
 RUNS_DIR = ROOT / "data" / "study"
@@ -130,6 +131,21 @@ def live_adapter_params(live: dict[str, int], layout: dict[str, dict[str, Any]])
         for n, info in layout.items()
         if n in live
     )
+
+
+def dev_history(run_dir: Path) -> list[dict[str, float]]:
+    """Every dev evaluation of a run (step, accuracy, macro-F1) from its metrics.jsonl."""
+    from dora_core.telemetry import read_metrics
+
+    return [
+        {
+            "step": rec["step"],
+            "accuracy": rec["values"]["eval/accuracy"],
+            "macro_f1": rec["values"]["eval/macro_f1"],
+        }
+        for rec in read_metrics(run_dir)
+        if rec.get("type") == "scalars" and "eval/accuracy" in rec.get("values", {})
+    ]
 
 
 # --- one cell ------------------------------------------------------------------------------
@@ -227,7 +243,8 @@ class CellRunner:
             "dataset": cell.dataset,
             "method": cell.method,
             "budget": cell.budget,
-            "init_rank": cell.budget if cell.method == "lora" else -(-3 * cell.budget // 2),
+            "init_rank": cell.init_rank,
+            "overrides": dict(cell.overrides),
             "seed": cell.seed,
             "lr": cell.lr,
             "steps": result["total_steps"],
@@ -253,6 +270,7 @@ class CellRunner:
             "rank_pattern": rank_rows(live, self.layout)
             if live and cell.method != "lora"
             else None,
+            "evals": dev_history(run_dir),
             "run_dir": shown_dir,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -388,13 +406,15 @@ def run_study(
     threads: int = 1,
     api: str | None = None,
     progress: bool = True,
+    study: Any = None,
 ) -> dict[str, Any]:
-    """Run every unfinished cell of ``grid``; returns the session summary (also logged)."""
+    """Run every unfinished cell of ``grid`` (or of ``study``, a planner with Study's
+    interface such as round 2's); returns the session summary (also logged)."""
     from tqdm import tqdm
 
     started, clock = datetime.now(timezone.utc), time.monotonic()
     layout = module_layout(grid.model)
-    study = Study(grid, files)
+    study = study or Study(grid, files)
     study.reuse_search()
     runner = CellRunner(grid, files, layout, api=api, threads=threads)
     todo_cells, todo_cost = study.remaining_cost()
@@ -496,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Rerun the same command to continue an interrupted study; finished cells are skipped.",
     )
     parser.add_argument("--quick", action="store_true", help="the small grid (< 15 min on 2 cores)")
+    parser.add_argument(
+        "--round2",
+        action="store_true",
+        help="round 2: DEM and b(0) ablations, head_lr, lr at b(T)=2, 3 epochs (needs the full grid)",
+    )
     parser.add_argument("--api", metavar="URL", help="report every cell to this API (dashboard)")
     parser.add_argument(
         "--jobs",
@@ -528,12 +553,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--threads: must be at least 1")
     if args.api and not args.api.startswith(("http://", "https://")):
         return fail(f"--api: {args.api!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
-    grid = GRIDS["quick" if args.quick else "full"]
+    grid = ROUND2 if args.round2 else GRIDS["quick" if args.quick else "full"]
     problem = _check_presets(grid)
     if problem:
         return fail(problem)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     files = Files(grid, args.results, args.runs)
+    study = None
+    if args.round2:
+        first = Files(GRIDS["full"], args.results, args.runs)
+        try:
+            study = Round2Study(files, first.search, first.cells)
+        except ValueError as exc:
+            return fail(str(exc))
     try:
         summary = run_study(
             grid,
@@ -542,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=threads,
             api=args.api,
             progress=not args.no_progress,
+            study=study,
         )
     except Interrupted as exc:
         print(f"study: {exc}", file=sys.stderr)

@@ -83,10 +83,25 @@ class Cell:
     budget: int
     seed: int
     lr: float
+    # Job fields set on top of the grid's plan (round 2's ablations: dem_weight, init_rank,
+    # head_lr, max_steps + eval_every). Empty for the first study, so its keys are unchanged.
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.method}/b{self.budget}/s{self.seed}/lr{self.lr:g}"
+        extra = "".join(f"/{k}={v:g}" for k, v in self.overrides)
+        return f"{self.dataset}/{self.method}/b{self.budget}/s{self.seed}/lr{self.lr:g}{extra}"
+
+    def steps(self, grid: Grid) -> int:
+        """Optimizer steps T of this cell."""
+        return int(dict(self.overrides).get("max_steps", grid.plan(self.dataset).steps))
+
+    @property
+    def init_rank(self) -> int:
+        """r' as the worker resolves it: b(T) for LoRA, else the override or ceil(1.5 b(T))."""
+        if self.method == "lora":
+            return self.budget
+        return int(dict(self.overrides).get("init_rank", -(-3 * self.budget // 2)))
 
     def job(self, grid: Grid) -> dict[str, Any]:
         """The worker job config of this cell (without output_dir)."""
@@ -105,6 +120,7 @@ class Cell:
             "max_train_samples": plan.max_train,
             "max_dev_samples": plan.max_dev,
             "eval_every": plan.steps,  # one dev evaluation, at the end: the number we report
+            **dict(self.overrides),
         }
 
     def key(self, grid: Grid) -> str:
@@ -115,13 +131,13 @@ class Cell:
 
     def slug(self, grid: Grid) -> str:
         """Run directory name: readable, and unique through the key."""
-        return f"{self.dataset}-{self.method}-b{self.budget}-s{self.seed}-lr{self.lr:g}-{self.key(grid)[:8]}"
+        extra = "".join(f"-{k}{v:g}" for k, v in self.overrides)
+        return f"{self.dataset}-{self.method}-b{self.budget}-s{self.seed}-lr{self.lr:g}{extra}-{self.key(grid)[:8]}"
 
     def cost(self, grid: Grid) -> float:
         """Rough relative cost for the progress bar's ETA: steps x sequence length, plus a
         fixed start-up (process, model, tokenisation) worth 30 steps of 64 tokens."""
-        plan = grid.plan(self.dataset)
-        return plan.steps * plan.max_length / 64 + 30
+        return self.steps(grid) * grid.plan(self.dataset).max_length / 64 + 30
 
 
 def search_cells(grid: Grid) -> list[Cell]:

@@ -30,7 +30,8 @@ class DoraConfig:
     total_steps: int
     # b(T): average number of live components per adapted layer at the end.
     target_rank: int = 8
-    # r': components per layer at the start; None means ceil(1.5 * target_rank).
+    # r' = b(0): components per layer at the start; None means ceil(1.5 * target_rank).
+    # Equal to target_rank: nothing is pruned (the paper's b(0) = b(T) ablation, Table 6).
     init_rank: int | None = None
     # Which layers to adapt. A list: each entry is a module-name suffix
     # ("query", "attention.output.dense") or, if it contains regex syntax
@@ -68,10 +69,10 @@ class DoraConfig:
         _validate(self)
         if self.init_rank is None:
             object.__setattr__(self, "init_rank", math.ceil(1.5 * self.target_rank))
-        if self.init_rank <= self.target_rank:
+        if self.init_rank < self.target_rank:
             raise ValueError(
-                f"init_rank: must be larger than target_rank ({self.init_rank} <= "
-                f"{self.target_rank}); pruning needs components to remove"
+                f"init_rank: must be at least target_rank ({self.init_rank} < "
+                f"{self.target_rank}); b(0) is where pruning starts, b(T) where it ends"
             )
 
     # --- phase boundaries in optimizer steps ---

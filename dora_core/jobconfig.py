@@ -125,6 +125,12 @@ class JobConfig(BaseModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch")
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step")
     lr: float = Field(5e-4, gt=0, le=1, description="Peak learning rate (AdamW)")
+    head_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Peak learning rate of the task head (classifier); default: lr",
+    )
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay")
     warmup_ratio: float = Field(
         0.06, ge=0, lt=1, description="Share of T with a linear learning-rate warm-up"
@@ -159,11 +165,12 @@ class JobConfig(BaseModel):
         if (
             self.method in ("dora", "adalora")
             and self.init_rank is not None
-            and self.init_rank <= self.target_rank
+            and self.init_rank < self.target_rank
         ):
             raise ValueError(
-                f"init_rank: must be larger than target_rank ({self.init_rank} <= {self.target_rank}); "
-                "pruning needs components to remove, so raise init_rank or lower target_rank"
+                f"init_rank: must be at least target_rank ({self.init_rank} < {self.target_rank}); "
+                "b(0) is where pruning starts and b(T) where it ends, so raise init_rank or lower "
+                "target_rank (equal: nothing is pruned)"
             )
         if self.warmup_frac + self.final_frac >= 1:
             raise ValueError(

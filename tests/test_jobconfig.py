@@ -32,7 +32,7 @@ def test_start_rank_is_ceil_one_and_a_half(b: int) -> None:
     [
         ({"lr": -1}, "lr", "greater than 0"),
         ({"target_rank": 0}, "target_rank", "greater than or equal to 1"),
-        ({"target_rank": 8, "init_rank": 6}, "init_rank", "larger than target_rank"),
+        ({"target_rank": 8, "init_rank": 6}, "init_rank", "at least target_rank"),
         ({"warmup_frac": 0.6, "final_frac": 0.5}, "final_frac", "no pruning phase"),
         ({"method": "qlora"}, "method", "dora"),
         ({"batch_size": "big"}, "batch_size", "valid integer"),

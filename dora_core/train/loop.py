@@ -165,7 +165,7 @@ class Worker:
 
         job, total = self.job, self.plan.total_steps
         self.optimizer = torch.optim.AdamW(
-            self.method.parameters(), lr=job.lr, weight_decay=job.weight_decay
+            self.method.param_groups(job.lr, job.head_lr), weight_decay=job.weight_decay
         )
         self.scheduler = get_scheduler(
             SCHEDULERS[job.lr_scheduler],

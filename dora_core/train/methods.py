@@ -71,6 +71,24 @@ class Method:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The task head's trainable parameters (they get ``head_lr`` when a job sets it)."""
+        heads = find_heads(self.model, None)
+        return [
+            p for h in heads for p in self.model.get_submodule(h).parameters() if p.requires_grad
+        ]
+
+    def param_groups(self, lr: float, head_lr: float | None) -> list[dict[str, Any]]:
+        """Optimizer groups: one (every parameter at ``lr``) unless the head has its own rate."""
+        params = self.parameters()
+        if head_lr is None:
+            return [{"params": params, "lr": lr}]
+        head = {id(p) for p in self.head_parameters()}
+        return [
+            {"params": [p for p in params if id(p) not in head], "lr": lr},
+            {"params": [p for p in params if id(p) in head], "lr": head_lr},
+        ]
+
     def regularization(self) -> Tensor | None:
         return None
 
@@ -143,6 +161,9 @@ class DoraMethod(Method):
     def parameters(self) -> list[nn.Parameter]:
         return list(self.tuner.parameters())
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for h in self.tuner.heads for p in self.model.get_submodule(h).parameters()]
+
     def regularization(self) -> Tensor:
         return self.tuner.regularization()
 
@@ -204,6 +225,9 @@ class PeftMethod(Method):
             for name in targets
         ]
         self.model = get_peft_model(model, peft_config)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self._trainable() if "modules_to_save" in n]
 
     def _lora_layers(self) -> dict[str, nn.Module]:
         inner = self.model.base_model.model

@@ -33,7 +33,7 @@ def test_create_run_bad_config_names_the_field(client, database_url) -> None:
     assert resp.status_code == 422
     [err] = resp.json()["detail"]
     assert err["loc"] == ["body", "config", "init_rank"]
-    assert "larger than target_rank" in err["msg"]
+    assert "at least target_rank" in err["msg"]
     resp = client.post("/api/runs", json={"config": {"lr": "fast"}})
     assert resp.json()["detail"][0]["loc"] == ["body", "config", "lr"]
     assert row_counts(database_url)["runs"] == 0

@@ -27,7 +27,7 @@ def test_phase_boundaries_round_half_up():
     ("kwargs", "match"),
     [
         ({"target_rank": 0}, "target_rank: must be a positive integer"),
-        ({"target_rank": 8, "init_rank": 8}, "init_rank: must be larger than target_rank"),
+        ({"target_rank": 8, "init_rank": 7}, "init_rank: must be at least target_rank"),
         ({"init_rank": -1}, "init_rank: must be a positive integer"),
         ({"total_steps": 0}, "total_steps: must be a positive"),
         ({"warmup_frac": 0.5, "final_frac": 0.5}, "leave no pruning phase"),

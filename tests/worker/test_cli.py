@@ -63,7 +63,7 @@ def job_file(tiny_bert, sentiment_csv, tmp_path):
         ({"dataset": "imdb"}, "dataset", "preset"),
         ({"label_column": "stars"}, "label_column", "columns: review, sentiment"),
         ({"lr": -0.001}, "lr", "greater than 0"),
-        ({"target_rank": 8, "init_rank": 6}, "init_rank", "larger than target_rank"),
+        ({"target_rank": 8, "init_rank": 6}, "init_rank", "at least target_rank"),
         ({"target_modules": ["attention.nope"]}, "target_modules", "matches no"),
         ({"max_length": 128}, "max_length", "64 positions"),
         ({"max_steps": 1}, "final_frac", "T = 1"),
