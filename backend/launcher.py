@@ -6,7 +6,7 @@ does not reach it and a restarted API finds it still running). A cluster
 launcher would implement the same four verbs with job ids as handles.
 
 The command is fixed here, never taken from a request:
-``<python> -m dora_core.cli train <run dir>/job.json``.
+``<python> -m dora_core.worker.cli train <run dir>/job.json``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class LocalProcessLauncher:
 
     def __init__(self, argv_prefix: Sequence[str] | None = None):
         # Tests substitute a stand-in script; the API never takes this from a request.
-        self.argv_prefix = tuple(argv_prefix or (sys.executable, "-m", "dora_core.cli"))
+        self.argv_prefix = tuple(argv_prefix or (sys.executable, "-m", "dora_core.worker.cli"))
         self._children: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
 

@@ -26,7 +26,7 @@ from backend.db import Database
 from backend.deps import RunId, get_db
 from backend.models import Run
 from backend.services.jobs import token_hash
-from dora_core.hosts import is_loopback_host
+from dora_core.contracts.hosts import is_loopback_host
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

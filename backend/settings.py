@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dora_core.hosts import is_loopback_host
+from dora_core.contracts.hosts import is_loopback_host
 
 
 def exposure_error(host: str, api_token: str | None) -> str | None:

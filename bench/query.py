@@ -36,7 +36,7 @@ from backend.db import Database  # noqa: E402
 from backend.schemas import RegisterIn, TelemetryBatch  # noqa: E402
 from backend.services import ingest, runs  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from dora_core.jobconfig import parse_job_config  # noqa: E402
+from dora_core.contracts.job import parse_job_config  # noqa: E402
 
 
 def build_run(settings: Settings, steps: int, per_batch: int = 100) -> int:

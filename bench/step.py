@@ -40,7 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dora_core import DoraConfig, inject
-from dora_core.presets import DATASETS, MODELS
+from dora_core.contracts.presets import DATASETS, MODELS
 from dora_core.targets import DEFAULT_TARGETS
 
 TARGETS = DEFAULT_TARGETS["bert"]

@@ -84,8 +84,8 @@ def module_layout(model: str) -> dict[str, dict[str, Any]]:
     from transformers import AutoModelForSequenceClassification
 
     from dora_core.layer import layer_shape
-    from dora_core.models import load_config, resolve_model
     from dora_core.targets import block_position, find_targets
+    from dora_core.worker.models import load_config, resolve_model
 
     config = load_config(resolve_model(model))
     with torch.device("meta"):
@@ -135,7 +135,7 @@ def live_adapter_params(live: dict[str, int], layout: dict[str, dict[str, Any]])
 
 def dev_history(run_dir: Path) -> list[dict[str, float]]:
     """Every dev evaluation of a run (step, accuracy, macro-F1) from its metrics.jsonl."""
-    from dora_core.telemetry import read_metrics
+    from dora_core.worker.telemetry import read_metrics
 
     return [
         {
@@ -152,7 +152,7 @@ def dev_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 class CellRunner:
-    """Runs cells as `python -m dora_core.cli train` subprocesses and turns them into records."""
+    """Runs cells as `python -m dora_core.worker.cli train` subprocesses and turns them into records."""
 
     def __init__(
         self,
@@ -191,7 +191,7 @@ class CellRunner:
         run_dir.mkdir(parents=True)
         job_file = run_dir / "study-job.json"
         job_file.write_text(json.dumps(cell.job(self.grid), indent=2) + "\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "dora_core.cli", "train", str(job_file)]
+        cmd = [sys.executable, "-m", "dora_core.worker.cli", "train", str(job_file)]
         cmd += ["--output-dir", str(run_dir), "--no-progress"]
         if self.api:
             cmd += ["--api", self.api]
@@ -502,7 +502,7 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def _check_presets(grid: Grid) -> str | None:
-    from dora_core.presets import DATASETS, MODELS
+    from dora_core.contracts.presets import DATASETS, MODELS
 
     for preset in [MODELS[grid.model], *(DATASETS[p.name] for p in grid.datasets)]:
         if not preset.available:

@@ -2,7 +2,7 @@
 
 Pure code (stdlib only): the grid is a product of datasets x methods x
 budgets x seeds, preceded by a learning-rate search on one seed. Every cell
-is a plain worker job config (``dora_core.jobconfig``), so the study runs
+is a plain worker job config (``dora_core.contracts.job``), so the study runs
 exactly what ``dora train`` runs. A cell is identified by a hash of its job
 config, so a finished cell is skipped on a rerun while a changed plan (other
 steps, caps, ...) reruns. Results live in JSONL files, one line per finished

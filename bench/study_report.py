@@ -358,7 +358,7 @@ def did_not_learn(record: dict[str, Any]) -> bool:
     """A run whose dev macro-F1 stays within 0.02 of 1/classes: it predicts (almost) one class
     for everything, i.e. training never took off (sms-spam all-ham scores 0.46, a balanced
     binary set 0.33)."""
-    from dora_core.presets import DATASETS
+    from dora_core.contracts.presets import DATASETS
 
     classes = DATASETS[record["dataset"]].num_labels or 2
     return record["macro_f1"] < 1 / classes + 0.02
@@ -593,7 +593,7 @@ def grid_section(grid: Grid) -> list[str]:
         "| dataset | classes | train cap | dev cap | max tokens | steps T |",
         "|---|---|---|---|---|---|",
     ]
-    from dora_core.presets import DATASETS
+    from dora_core.contracts.presets import DATASETS
 
     for p in grid.datasets:
         lines.append(

@@ -43,11 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dora_core.data import BatchPlan
-from dora_core.jobconfig import parse_job_config
-from dora_core.telemetry import NullReporter, Reporter
-from dora_core.train.loop import Worker, pick_device
-from dora_core.train.preflight import prepare
+from dora_core.contracts.job import parse_job_config
+from dora_core.worker.data import BatchPlan
+from dora_core.worker.telemetry import NullReporter, Reporter
+from dora_core.worker.train.loop import Worker, pick_device
+from dora_core.worker.train.preflight import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 

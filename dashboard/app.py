@@ -19,7 +19,7 @@ from dash import Dash, Input, Output, dcc, html
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, run, runs
-from dora_core.hosts import is_loopback_host
+from dora_core.contracts.hosts import is_loopback_host
 
 HEALTH_MS = 10_000
 _RUN_PATH = re.compile(r"^/runs/(\d+)/?$")
@@ -62,7 +62,7 @@ def allowed_host(host: str, extra: frozenset[str] = frozenset()) -> bool:
     which act on the API with the dashboard's access. Its requests still name
     that page's host, so only loopback names (and the names listed in
     DORA_DASH_ALLOWED_HOSTS) are served. The API checks the same for itself
-    (backend.security) with the same rule (``dora_core.hosts``).
+    (backend.security) with the same rule (``dora_core.contracts.hosts``).
     """
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")

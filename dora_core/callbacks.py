@@ -23,8 +23,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from dora_core.train.methods import DoraMethod
-from dora_core.train.reporting import report_event, report_state
+from dora_core.reporting import TunerTelemetry, report_event, report_state
 from dora_core.tuner import DoraTuner
 
 TUNER_DIR = "dora"
@@ -35,7 +34,7 @@ class DoraCallback(TrainerCallback):
 
     def __init__(self, tuner: DoraTuner, reporter: Any = None, report_every: int = 1):
         self.tuner = tuner
-        self.method = DoraMethod.from_tuner(tuner)
+        self.method = TunerTelemetry(tuner)
         self.reporter = reporter
         self.report_every = report_every
 
@@ -47,14 +46,7 @@ class DoraCallback(TrainerCallback):
                 f"optimizer steps; inject with DoraConfig(total_steps={state.max_steps})"
             )
         if self.reporter is not None and state.is_world_process_zero:
-            body = {
-                "modules": self.tuner.modules_info(),
-                "total_steps": total,
-                "init_rank": self.tuner.config.init_rank,
-                "target_rank": self.tuner.config.target_rank,
-                "params": self.method.param_counts(),
-            }
-            self.reporter.register(body)
+            self.reporter.register(self.method.register_body())
             step = self.tuner.global_step
             self.reporter.event(step, "started", f"Trainer run: {total} steps")
             report_state(self.reporter, self.method, step, force_scores=True)

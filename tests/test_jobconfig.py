@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dora_core.jobconfig import JobConfig, JobConfigError, load_job_config, parse_job_config
+from dora_core.contracts.job import JobConfig, JobConfigError, load_job_config, parse_job_config
 
 
 def test_defaults_follow_the_paper() -> None:

@@ -23,12 +23,12 @@ def test_distribution_metadata_pins_torch() -> None:
 
 def test_console_script_is_registered() -> None:
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("dora") == "dora_core.cli:main"
+    assert scripts.get("dora") == "dora_core.worker.cli:main"
 
 
 def test_jobconfig_imports_without_torch() -> None:
     """The API imports the job schema; that must not drag torch in."""
-    code = "import sys, dora_core.jobconfig, dora_core.presets; print('torch' in sys.modules)"
+    code = "import sys, dora_core.contracts.job, dora_core.contracts.presets; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -45,7 +45,7 @@ def test_dora_presets_json_reports_installed_packages() -> None:
     import json
 
     out = subprocess.run(
-        [sys.executable, "-m", "dora_core.cli", "presets", "--json"],
+        [sys.executable, "-m", "dora_core.worker.cli", "presets", "--json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,7 +14,7 @@ from backend.schemas import JobCreated, LogTail, RunPublic
 from backend.security import Writer
 from backend.services.jobs import log_tail
 from backend.services.runs import get_run, queue_position, to_public
-from dora_core.jobconfig import JobConfig
+from dora_core.contracts.job import JobConfig
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -23,7 +23,7 @@ _JOB_EXAMPLE = {"model": "minilm", "dataset": "rt-snippets", "target_rank": 4, "
 
 
 async def job_body(request: Request) -> Any:
-    """The raw JSON body: checked by the shared schema (dora_core.jobconfig), not by FastAPI,
+    """The raw JSON body: checked by the shared schema (dora_core.contracts.job), not by FastAPI,
     so a cross-field error names its field the same way the CLI does."""
     try:
         return json.loads(await request.body())

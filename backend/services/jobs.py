@@ -34,12 +34,10 @@ from backend.services.runs import (
     waiting_clause,
 )
 from backend.settings import Settings
-from dora_core.jobconfig import JobConfig
-from dora_core.presets import DATASETS, MODELS
+from dora_core.contracts.job import JobConfig
+from dora_core.contracts.presets import DATASETS, MODELS
+from dora_core.contracts.rundir import JOB_FILE, RESULT_FILE, WORKER_LOG
 
-JOB_FILE = "job.json"
-WORKER_LOG = "worker.log"
-RESULT_FILE = "result.json"
 LOG_TAIL_ON_FAILURE = 20
 # The worker's exit status after a checkpointed stop on SIGTERM / Ctrl-C (docs/protocol.md).
 CANCELLED_EXITS = (143, 130)

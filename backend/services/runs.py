@@ -14,7 +14,7 @@ from backend.models import FINAL_STATUSES, Module, Run, utcnow
 from backend.schemas import ModulePublic, RegisterIn, RunPublic
 from backend.scorepack import Layout
 from backend.settings import Settings
-from dora_core.jobconfig import JobConfig, JobConfigError, parse_job_config
+from dora_core.contracts.job import JobConfig, JobConfigError, parse_job_config
 
 
 def job_config_or_422(data: object, prefix: tuple[str, ...] = ("body",)) -> JobConfig:

@@ -25,7 +25,7 @@ from backend.models import FINAL_STATUSES
 from backend.schemas import RegisterIn, TelemetryBatch
 from backend.services.ingest import ingest
 from backend.services.runs import get_run, register
-from dora_core.telemetry.journal import committed_spool
+from dora_core.contracts.rundir import committed_spool
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-# A stand-in for `dora_core.cli` that the launcher starts instead of a real
+# A stand-in for `dora_core.worker.cli` that the launcher starts instead of a real
 # training run, so process handling (env, log, exit codes, signals) is tested
 # in a fraction of a second. Its behaviour is chosen by the job's name.
 STAND_IN = textwrap.dedent(

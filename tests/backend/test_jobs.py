@@ -49,7 +49,7 @@ def _final(client, run_id: int) -> dict:
     ("fields", "loc", "message"),
     [
         ({"target_rank": 0}, ["body", "target_rank"], "greater than or equal to 1"),
-        ({"init_rank": 4}, ["body", "init_rank"], "at least target_rank"),
+        ({"init_rank": 3}, ["body", "init_rank"], "at least target_rank"),
         ({"warmup_frac": 0.6, "final_frac": 0.5}, ["body", "final_frac"], "no pruning phase"),
         ({"command": "rm -rf /"}, ["body", "command"], "unknown field"),
         ({"method": "qlora"}, ["body", "method"], ""),

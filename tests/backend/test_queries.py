@@ -222,6 +222,10 @@ def test_health_presets_and_job_schema(client) -> None:
     }
     names = {p["name"] for p in client.get("/api/presets").json()}
     assert {"minilm", "smollm2-135m", "rt-snippets", "sms-spam", "bbc-news", "tweets"} <= names
+    methods = {m["name"]: m for m in client.get("/api/methods").json()}
+    assert set(methods) == {"dora", "lora", "adalora", "full"}
+    assert [n for n, m in methods.items() if m["prunes"]] == ["dora", "adalora"]
+    assert [n for n, m in methods.items() if not m["adapter"]] == ["full"]
     schema = client.get("/api/jobs/schema").json()
     assert schema["additionalProperties"] is False
     assert {"model", "dataset", "method", "target_rank", "max_steps"} <= set(schema["properties"])
@@ -249,6 +253,7 @@ def test_openapi_documents_every_endpoint_with_examples(client) -> None:
         "/api/jobs/{run_id}/log",
         "/api/jobs/schema",
         "/api/presets",
+        "/api/methods",
         "/api/runs/{run_id}/adapter.zip",
         "/api/health",
     ]:

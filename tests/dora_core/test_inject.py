@@ -9,8 +9,8 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from dora_core import DoraConfig, inject
+from dora_core.contracts.presets import MODELS
 from dora_core.layer import DoraLayer
-from dora_core.presets import MODELS
 from tests.dora_core.tiny_models import batch, tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 BERT_TYPES = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dora_core import DoraConfig, inject
-from dora_core.presets import DATASETS, MODELS
+from dora_core.contracts.presets import DATASETS, MODELS
 
 MODEL_DIR = MODELS["minilm"].path()
 DATA_FILE = DATASETS["rt-snippets"].path()

@@ -126,7 +126,7 @@ def start_worker(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     """``dora train ...`` by hand, in its own process group (killed as a group on cleanup)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "dora_core.cli", "train", *args, "--no-progress"],
+            [sys.executable, "-m", "dora_core.worker.cli", "train", *args, "--no-progress"],
             cwd=REPO_ROOT,
             env=worker_env(**env),
             stdin=subprocess.DEVNULL,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backend.models import Run
-from dora_core.jobconfig import JobConfig
+from dora_core.contracts.job import JobConfig
 from tests.backend.conftest import MODULES, new_run, row_counts, scores_record
 from tests.conftest import wait_until
 
@@ -52,6 +52,7 @@ BAD_FIELDS: dict[str, list] = {
     "batch_size": [0, 4097],
     "grad_accum": [0, 1025],
     "lr": [0, 1.5, float("nan")],
+    "head_lr": [0, 1.5, float("inf"), "fast"],
     "weight_decay": [-0.01, 1.5],
     "warmup_ratio": [1, -0.1],
     "lr_scheduler": ["step"],
@@ -167,7 +168,7 @@ def test_a_link_that_stays_inside_reaches_the_worker_as_its_target(client, roots
 @pytest.mark.parametrize(
     "value",
     [
-        "dora_core.cli",  # a module path
+        "dora_core.worker.cli",  # a module path
         "transformers.AutoModel",
         "os.system",
         "$(touch /tmp/dora-pwned)",  # shell strings
@@ -194,7 +195,7 @@ def test_request_text_never_reaches_a_command_line(client, stand_in, roots, tmp_
     with client.app.state.db.reader() as session:
         pid = int(session.get(Run, run["id"]).worker_handle.split(":")[1])
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    # The stand-in stands where `<python> -m dora_core.cli` would: prefix, "train", job file.
+    # The stand-in stands where `<python> -m dora_core.worker.cli` would: prefix, "train", job file.
     assert [a.decode() for a in argv] == [*stand_in.argv_prefix, "train", str(run_dir / "job.json")]
     job = json.loads((run_dir / "job.json").read_text())
     assert (job["name"], job["dataset"]) == (name, str(tricky.resolve()))

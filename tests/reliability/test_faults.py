@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from backend.main import create_app
 from backend.settings import Settings
-from dora_core.train import checkpoint
+from dora_core.worker.train import checkpoint
 from tests.backend.conftest import MODULES, row_counts, scores_record
 from tests.conftest import wait_until
 from tests.reliability.helpers import (
@@ -382,7 +382,7 @@ def test_a_lock_held_past_the_busy_timeout_is_503_and_stores_nothing(tmp_path) -
 def test_a_diverged_step_loses_only_what_the_api_would_refuse(tmp_path) -> None:
     """NaN scores (a diverged run) are left out alone; the rest of their batch arrives,
     and an event's NaN data becomes null (a ``finished`` event must still get through)."""
-    from dora_core.telemetry import Reporter, read_metrics
+    from dora_core.worker.telemetry import Reporter, read_metrics
     from tests.worker.fake_api import FakeApi
 
     api = FakeApi().start()

@@ -275,7 +275,7 @@ def test_fuzz_the_api_from_its_schema_no_5xx_and_no_partial_writes(served) -> No
     assert len(counts) >= 20 and min(counts.values()) >= 1, counts
 
     # --- nothing was trained, the job cap held, and jobs started oldest first
-    assert _descendants_running("dora_core.cli") == []
+    assert _descendants_running("dora_core.worker.cli") == []
     launches = [x for x in recorder.log if x.path == "/api/jobs" and x.status == 201]
     launched = [json.loads(x.response)["run_id"] for x in launches]
     started = [s.run_id for s in launcher.started]

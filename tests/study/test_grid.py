@@ -56,7 +56,7 @@ def test_full_grid_size_matches_the_issue() -> None:
 
 
 def test_job_is_a_valid_worker_config_shared_by_all_methods() -> None:
-    from dora_core.jobconfig import parse_job_config
+    from dora_core.contracts.job import parse_job_config
 
     jobs = [Cell("final", "bbc-news", m, 2, 1, 1e-3).job(TWO) for m in TWO.methods]
     for job in jobs:

@@ -18,7 +18,7 @@ import pytest
 from bench import study
 from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
 from dashboard.api import ApiClient
-from dora_core.presets import DATASETS, MODELS
+from dora_core.contracts.presets import DATASETS, MODELS
 from tests.conftest import free_port, start_server, stop_server
 
 GRID = Grid(

@@ -15,7 +15,7 @@ from transformers import (
 
 from dora_core import DoraConfig, inject
 from dora_core.callbacks import DoraTrainer
-from dora_core.telemetry import Reporter, read_metrics
+from dora_core.worker.telemetry import Reporter, read_metrics
 from tests.worker.conftest import sentiment_rows
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from dora_core.cli import main
-from dora_core.jobconfig import JobConfig
+from dora_core.contracts.job import JobConfig
+from dora_core.worker.cli import main
 from tests.worker.conftest import tiny_job
 
 

@@ -9,7 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from dora_core.data import (
+from dora_core.contracts.job import JobConfigError, parse_job_config
+from dora_core.contracts.presets import DATASETS
+from dora_core.worker.data import (
     BatchPlan,
     Encoded,
     collate,
@@ -18,8 +20,6 @@ from dora_core.data import (
     make_split,
     split_indices,
 )
-from dora_core.jobconfig import JobConfigError, parse_job_config
-from dora_core.presets import DATASETS
 
 
 @pytest.mark.parametrize(

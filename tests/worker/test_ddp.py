@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dora_core.telemetry import read_metrics
+from dora_core.worker.telemetry import read_metrics
 from tests.conftest import free_port
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
@@ -25,7 +25,7 @@ def test_torchrun_two_processes(tiny_bert, sentiment_csv, tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DORA_API_URL": api.url}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={free_port()}", "-m", "dora_core.cli", "train",
+        f"--master_port={free_port()}", "-m", "dora_core.worker.cli", "train",
         str(tmp_path / "job.json"), "--no-progress",
     ]  # fmt: skip
     try:

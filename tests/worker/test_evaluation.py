@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score
 
-from dora_core.train.evaluation import accuracy, macro_f1
+from dora_core.worker.train.evaluation import accuracy, macro_f1
 
 
 def test_hand_computed_case() -> None:

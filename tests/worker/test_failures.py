@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from dora_core.cli import main
+from dora_core.worker.cli import main
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
 
@@ -57,9 +57,9 @@ def test_a_bad_job_from_the_launcher_is_reported_before_exiting(
 
 
 def test_a_finished_run_replays_its_spool_on_resume(tiny_bert, sentiment_csv, tmp_path) -> None:
-    from dora_core.jobconfig import parse_job_config
-    from dora_core.telemetry import SPOOL_FILE, read_metrics
-    from dora_core.train.loop import Telemetry, train
+    from dora_core.contracts.job import parse_job_config
+    from dora_core.worker.telemetry import SPOOL_FILE, read_metrics
+    from dora_core.worker.train.loop import Telemetry, train
 
     api = FakeApi()  # down for the whole run
     job = parse_job_config(tiny_job(tiny_bert, sentiment_csv, tmp_path / "run", max_steps=20))

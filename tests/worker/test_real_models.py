@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dora_core.jobconfig import parse_job_config
-from dora_core.presets import DATASETS, MODELS
-from dora_core.train.loop import Telemetry, train
+from dora_core.contracts.job import parse_job_config
+from dora_core.contracts.presets import DATASETS, MODELS
+from dora_core.worker.train.loop import Telemetry, train
 from tests.worker.fake_api import FakeApi
 
 pytestmark = pytest.mark.slow

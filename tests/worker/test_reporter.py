@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dora_core.telemetry import SPOOL_FILE, Reporter, read_metrics
-from dora_core.telemetry.journal import Journal
+from dora_core.worker.telemetry import SPOOL_FILE, Reporter, read_metrics
+from dora_core.worker.telemetry.journal import Journal
 from tests.conftest import wait_until
 from tests.worker.fake_api import FakeApi
 

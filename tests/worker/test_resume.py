@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dora_core.cli import main
-from dora_core.telemetry import read_metrics
-from dora_core.train import checkpoint
+from dora_core.worker.cli import main
+from dora_core.worker.telemetry import read_metrics
+from dora_core.worker.train import checkpoint
 from tests.worker.conftest import tiny_job
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,15 @@ def worker_env() -> dict:
 
 def start(job_path: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dora_core.cli", "train", str(job_path), "--no-progress", *extra],
+        [
+            sys.executable,
+            "-m",
+            "dora_core.worker.cli",
+            "train",
+            str(job_path),
+            "--no-progress",
+            *extra,
+        ],
         env=worker_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from dora_core.cli import main
-from dora_core.jobconfig import parse_job_config
-from dora_core.telemetry import read_metrics
-from dora_core.train.loop import Telemetry, train
+from dora_core.contracts.job import parse_job_config
+from dora_core.worker.cli import main
+from dora_core.worker.telemetry import read_metrics
+from dora_core.worker.train.loop import Telemetry, train
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
 
@@ -206,7 +206,7 @@ def test_export_and_merge_reproduce_the_reported_accuracy(
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from dora_core.data import load_dataset
+    from dora_core.worker.data import load_dataset
 
     job = parse_job_config(
         tiny_job(

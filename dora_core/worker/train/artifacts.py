@@ -14,17 +14,25 @@ from typing import Any
 
 from torch import nn
 
-from dora_core.jobconfig import JobConfig, JobConfigError, load_job_config
-from dora_core.models import load_model, load_tokenizer, resolve_model
-from dora_core.train import checkpoint
-from dora_core.train.methods import ADAPTER_DIR, DORA_DIR, MODEL_DIR, Method, build_method
+from dora_core.contracts.job import JobConfig, JobConfigError, load_job_config
+from dora_core.contracts.rundir import (
+    ADAPTER_DIR,
+    DORA_DIR,
+    JOB_FILE,
+    MODEL_DIR,
+    RESULT_FILE,
+    SPLIT_FILE,
+)
+from dora_core.worker.models import load_model, load_tokenizer, resolve_model
+from dora_core.worker.train import checkpoint
+from dora_core.worker.train.methods import Method, build_method
 
 
 def _run(run_dir: Path) -> tuple[JobConfig, list[str]]:
-    if not (run_dir / "job.json").is_file():
+    if not (run_dir / JOB_FILE).is_file():
         raise JobConfigError([("", f"{run_dir} is not a run directory (no job.json)")])
-    job = load_job_config(run_dir / "job.json")
-    split = run_dir / "split.json"
+    job = load_job_config(run_dir / JOB_FILE)
+    split = run_dir / SPLIT_FILE
     if not split.is_file():
         raise JobConfigError([("", f"{run_dir} has no split.json; the run never started training")])
     return job, json.loads(split.read_text(encoding="utf-8"))["label_names"]
@@ -49,7 +57,7 @@ def _from_checkpoint(run_dir: Path, job: JobConfig, labels: list[str]) -> tuple[
 
 
 def _finished(run_dir: Path) -> bool:
-    return (run_dir / "result.json").is_file()
+    return (run_dir / RESULT_FILE).is_file()
 
 
 def export_adapter(run_dir: Path, out: Path) -> Path:

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-CHECKPOINTS = "checkpoints"
+from dora_core.contracts.rundir import CHECKPOINTS_DIR
+
+CHECKPOINTS = CHECKPOINTS_DIR
 STATE = "state.pt"
 FORMAT = 1
 

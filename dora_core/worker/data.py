@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from dora_core.jobconfig import JobConfig, JobConfigError
-from dora_core.presets import DATASETS
+from dora_core.contracts.job import JobConfig, JobConfigError
+from dora_core.contracts.presets import DATASETS
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from dora_core.jobconfig import JobConfigError
-from dora_core.presets import MODELS
+from dora_core.contracts.job import JobConfigError
+from dora_core.contracts.presets import MODELS
 
 
 @dataclass(frozen=True)

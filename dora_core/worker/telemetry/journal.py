@@ -24,33 +24,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dora_core.contracts.rundir import (
+    METRICS_FILE,
+    SPOOL_FILE,
+    STATE_FILE,
+    read_lines,
+    settle,
+)
+from dora_core.contracts.wire import BATCH_KEYS, stream_keys
+
 log = logging.getLogger("dora.telemetry")
-
-METRICS_FILE = "metrics.jsonl"
-SPOOL_FILE = "telemetry-spool.jsonl"
-STATE_FILE = "telemetry-state.json"
-
-# metrics.jsonl "type" -> the batch's list for it (docs/protocol.md).
-BATCH_KEYS = {"scores": "scores", "budget": "budget", "scalars": "scalars", "event": "events"}
-
-
-def stream_keys(record: dict) -> list[tuple[str, ...]]:
-    """The streams a record advances; a stream's steps never go back."""
-    kind = record["type"]
-    if kind == "scalars":
-        return [("scalars", key) for key in record["values"]]
-    if kind == "event":
-        return [("event", record["kind"])]
-    return [(kind,)]
-
-
-def _read_lines(path: Path) -> list[str]:
-    """Complete lines only: a torn last line (no newline) is ignored."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    return [line for line in lines[:-1] if line]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -79,8 +62,8 @@ class Journal:
     def _recover(self) -> None:
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
-        metrics = _read_lines(self.metrics_path)
-        spooled = [json.loads(line) for line in _read_lines(self.spool_path)]
+        metrics = read_lines(self.metrics_path)
+        spooled = [json.loads(line) for line in read_lines(self.spool_path)]
         pending, committed, self.state["next_seq"] = settle(
             spooled, self.state["next_seq"], self.state["metrics_lines"], len(metrics)
         )
@@ -181,52 +164,3 @@ def _wire_line(record: dict) -> str | None:
             record.get("step"),
         )
         return None
-
-
-def _count(body: dict) -> int:
-    return sum(len(body.get(key, [])) for key in BATCH_KEYS.values())
-
-
-def settle(
-    spooled: list[dict], next_seq: int, metrics_lines: int, metrics_on_disk: int
-) -> tuple[list[dict], int, int]:
-    """Which spooled requests are committed: (pending, metrics lines, next seq).
-
-    The state file is the commit point. A batch past it counts only when it
-    is the very next one and its records are all in ``metrics.jsonl``
-    (killed between those writes and the state's): it is completed, not lost.
-    """
-    pending = []
-    for item in spooled:
-        seq = item["body"].get("seq") if item["path"] == "telemetry" else None
-        if seq is None or seq < next_seq:
-            pending.append(item)
-        elif seq == next_seq and metrics_on_disk >= metrics_lines + _count(item["body"]):
-            metrics_lines += _count(item["body"])
-            next_seq = seq + 1
-            pending.append(item)
-    return pending, metrics_lines, next_seq
-
-
-def committed_spool(run_dir: str | Path) -> list[dict]:
-    """The requests a run's spool still holds, oldest first, read without changing a file.
-
-    The same rule as a resumed worker's recovery, for a reader that is not
-    the worker (the API taking in what an ended worker left behind).
-    """
-    run_dir = Path(run_dir)
-    state_path = run_dir / STATE_FILE
-    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
-    spooled = [json.loads(line) for line in _read_lines(run_dir / SPOOL_FILE)]
-    pending, _, _ = settle(
-        spooled,
-        state.get("next_seq", 0),
-        state.get("metrics_lines", 0),
-        len(_read_lines(run_dir / METRICS_FILE)),
-    )
-    return pending
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Every record in ``metrics.jsonl`` (complete lines)."""
-    return [json.loads(line) for line in _read_lines(Path(run_dir) / METRICS_FILE)]

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dora_core.data import Encoded, collate, eval_batches
-from dora_core.train import ddp
+from dora_core.worker.data import Encoded, collate, eval_batches
+from dora_core.worker.train import ddp
 
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from dora_core import __version__
+from dora_core.contracts.rundir import JOB_FILE
 
 TRAIN_EPILOG = """\
 The job file (YAML or JSON) holds these fields; every one is optional:
@@ -29,7 +30,7 @@ def _error(command: str, message: str, code: int = 2) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from dora_core.presets import all_presets
+    from dora_core.contracts.presets import all_presets
 
     rows = all_presets()
     if args.json:
@@ -46,12 +47,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dora_core.jobconfig import JobConfigError, load_job_config
+    from dora_core.contracts.job import JobConfigError, load_job_config
 
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            job = load_job_config(run_dir / "job.json")
+            job = load_job_config(run_dir / JOB_FILE)
         elif args.job:
             job = load_job_config(args.job)
             run_dir = Path(args.output_dir) if args.output_dir else None
@@ -60,7 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except JobConfigError as exc:
         return _error("train", str(exc))
 
-    from dora_core.train.loop import Telemetry, train
+    from dora_core.worker.train.loop import Telemetry, train
 
     api = args.api or os.environ.get("DORA_API_URL") or None
     run_id = os.environ.get("DORA_RUN_ID")
@@ -94,8 +95,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from dora_core.jobconfig import JobConfigError
-    from dora_core.train.artifacts import export_adapter
+    from dora_core.contracts.job import JobConfigError
+    from dora_core.worker.train.artifacts import export_adapter
 
     try:
         out = export_adapter(Path(args.run_dir), Path(args.out))
@@ -106,8 +107,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from dora_core.jobconfig import JobConfigError
-    from dora_core.train.artifacts import merge_model
+    from dora_core.contracts.job import JobConfigError
+    from dora_core.worker.train.artifacts import merge_model
 
     try:
         out = merge_model(Path(args.run_dir), Path(args.out))
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from dora_core.jobconfig import fields_help
+    from dora_core.contracts.job import fields_help
 
     train = sub.add_parser(
         "train",

@@ -2,7 +2,7 @@
 
 Only locations and availability live here (stdlib only, no torch), so the API
 can list presets without importing the training stack. Loading is done by
-``dora_core.data`` and ``dora_core.models``.
+``dora_core.worker.data`` and ``dora_core.worker.models``.
 """
 
 from __future__ import annotations

@@ -24,14 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from dora_core.config import DoraConfig, round_half_up
+from dora_core.contracts.job import JobConfig
+from dora_core.contracts.rundir import ADAPTER_DIR, DORA_DIR, MODEL_DIR
 from dora_core.importance import component_importance
-from dora_core.jobconfig import JobConfig
+from dora_core.reporting import TunerTelemetry
 from dora_core.targets import block_position, find_heads, find_targets
-from dora_core.tuner import DoraTuner, inject
-
-ADAPTER_DIR = "adapter"  # PEFT adapter (every adapter method)
-DORA_DIR = "dora"  # tuner.save(): weights + tuner state + config
-MODEL_DIR = "model"  # method=full: the whole fine-tuned model
+from dora_core.tuner import inject
 
 
 @dataclass(frozen=True)
@@ -144,19 +142,14 @@ class Method:
         raise NotImplementedError
 
 
-class DoraMethod(Method):
+class DoraMethod(TunerTelemetry, Method):
+    """Our tuner; its telemetry view (scores, masks, budget, sizes) is ``TunerTelemetry``'s."""
+
     name = "dora"
 
     def __init__(self, model: nn.Module, config: DoraConfig):
         self.model = model
-        self.tuner = inject(model, config)
-
-    @classmethod
-    def from_tuner(cls, tuner: DoraTuner) -> DoraMethod:
-        """Wrap a tuner someone else injected (the Trainer callback's case)."""
-        method = cls.__new__(cls)
-        method.model, method.tuner = tuner.model, tuner
-        return method
+        super().__init__(inject(model, config))
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.tuner.parameters())
@@ -173,21 +166,6 @@ class DoraMethod(Method):
 
     def modules(self) -> list[dict]:
         return self.tuner.modules_info()
-
-    def param_counts(self) -> dict[str, int]:
-        counts = self.tuner.param_counts()
-        return {**counts, "trainable": counts["adapter"] + counts["head"]}
-
-    def scores_and_masks(self) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-        scores = {n: s.float().tolist() for n, s in self.tuner.scores().items()}
-        masks = {n: m.int().tolist() for n, m in self.tuner.masks().items()}
-        return scores, masks
-
-    def budget(self, step: int) -> dict:
-        return self.tuner.budget()
-
-    def scores_move(self, step: int) -> bool:
-        return not self.tuner.frozen
 
     def state_dict(self) -> dict[str, Any]:
         return {"tuner": self.tuner.state_dict()}

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from dora_core.data import BatchPlan, Split, load_dataset, make_split
-from dora_core.jobconfig import JobConfig, JobConfigError
-from dora_core.models import ModelSource, load_config, resolve_model
+from dora_core.contracts.job import JobConfig, JobConfigError
+from dora_core.contracts.rundir import CHECKPOINTS_DIR, METRICS_FILE
+from dora_core.worker.data import BatchPlan, Split, load_dataset, make_split
+from dora_core.worker.models import ModelSource, load_config, resolve_model
 
 _FIELD = re.compile(r"^(\w+): (.*)$", re.S)
 
@@ -63,8 +64,8 @@ def default_run_dir(job: JobConfig) -> Path:
 
 def run_in_use(run_dir: Path) -> bool:
     """A run started here already (it wrote checkpoints or telemetry)."""
-    metrics = run_dir / "metrics.jsonl"
-    return (run_dir / "checkpoints").is_dir() or (metrics.exists() and metrics.stat().st_size > 0)
+    metrics = run_dir / METRICS_FILE
+    return (run_dir / CHECKPOINTS_DIR).is_dir() or (metrics.exists() and metrics.stat().st_size > 0)
 
 
 def count_steps(job: JobConfig, num_train: int, world_size: int) -> tuple[int, int]:
@@ -116,7 +117,7 @@ def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> Any:
 def _check_schedule(job: JobConfig, total_steps: int) -> None:
     if job.method not in ("dora", "adalora"):
         return
-    from dora_core.train.methods import dora_config
+    from dora_core.worker.train.methods import dora_config
 
     try:
         dora_config(job, total_steps)

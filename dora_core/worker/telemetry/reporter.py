@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dora_core.telemetry.client import ApiClient, ApiRejected, ApiUnavailable
-from dora_core.telemetry.journal import Journal
+from dora_core.contracts.wire import BudgetRecord, EventRecord, ScalarsRecord, ScoresRecord
+from dora_core.worker.telemetry.client import ApiClient, ApiRejected, ApiUnavailable
+from dora_core.worker.telemetry.journal import Journal
 
 log = logging.getLogger("dora.telemetry")
 
@@ -82,15 +83,15 @@ class Reporter:
     def scores(
         self, step: int, values: dict[str, list[float]], masks: dict[str, list[int]]
     ) -> None:
-        self._put({"type": "scores", "step": step, "values": values, "masks": masks})
+        self._put(ScoresRecord(type="scores", step=step, values=values, masks=masks))
 
     def budget(self, step: int, target: int, live: int, b: float) -> None:
-        self._put({"type": "budget", "step": step, "target": target, "live": live, "b": b})
+        self._put(BudgetRecord(type="budget", step=step, target=target, live=live, b=b))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
         if values:
-            self._put({"type": "scalars", "step": step, "values": values})
+            self._put(ScalarsRecord(type="scalars", step=step, values=values))
 
     def event(
         self,
@@ -102,7 +103,7 @@ class Reporter:
         force: bool = False,
     ) -> None:
         """``force``: report even when a resumed run is replaying steps already reported."""
-        record = {"type": "event", "step": step, "kind": kind, "message": message, "data": data}
+        record = EventRecord(type="event", step=step, kind=kind, message=message, data=data)
         if force:
             record["force"] = True
         self._put(record)

@@ -34,22 +34,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dora_core.data import BatchPlan, Encoded, collate, encode
-from dora_core.jobconfig import JobConfig, JobConfigError
-from dora_core.models import load_model, load_tokenizer
-from dora_core.telemetry import NullReporter, Reporter
-from dora_core.train import checkpoint, ddp
-from dora_core.train.evaluation import evaluate
-from dora_core.train.methods import Method, build_method
-from dora_core.train.preflight import Plan, default_run_dir, prepare
-from dora_core.train.reporting import report_event, report_state
+from dora_core.contracts.job import JobConfig, JobConfigError
+from dora_core.contracts.rundir import JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
+from dora_core.reporting import report_event, report_state
+from dora_core.worker.data import BatchPlan, Encoded, collate, encode
+from dora_core.worker.models import load_model, load_tokenizer
+from dora_core.worker.telemetry import NullReporter, Reporter
+from dora_core.worker.train import checkpoint, ddp
+from dora_core.worker.train.evaluation import evaluate
+from dora_core.worker.train.methods import Method, build_method
+from dora_core.worker.train.preflight import Plan, default_run_dir, prepare
 
 log = logging.getLogger("dora.train")
 
-JOB_FILE = "job.json"
-SPLIT_FILE = "split.json"
-RESULT_FILE = "result.json"
-LOG_FILE = "log.txt"
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 

@@ -1,0 +1,130 @@
+"""The vocabulary the worker, the API and the dashboard share: statuses, methods, records.
+
+Stdlib only. Everything that crosses a process boundary is named here once;
+the reporter builds these records, the API's ``TelemetryBatch`` validates
+them, the dashboard reads them back (docs/protocol.md is the prose version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+# --- runs ---------------------------------------------------------------------------------
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "completed", "failed", "cancelled")
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# A worker's closing event -> the run's final status.
+FINAL_EVENT_STATUS: dict[str, RunStatus] = {
+    "finished": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+# --- methods --------------------------------------------------------------------------------
+
+MethodName = Literal["dora", "lora", "adalora", "full"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the API and the dashboard may know of a method without importing torch."""
+
+    name: str
+    prunes: bool  # components are scored and removed during training (a budget curve)
+    adapter: bool  # trains an adapter (False: every weight; no rank pattern)
+    description: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("dora", True, True, "Dynamic rank (Mao et al. 2024): prunes to b(T)"),
+        MethodInfo("lora", False, True, "PEFT LoRA at rank b(T) in every layer"),
+        MethodInfo("adalora", True, True, "PEFT AdaLoRA: SVD-style, prunes to b(T)"),
+        MethodInfo("full", False, False, "Full fine-tuning of every weight"),
+    )
+}
+PRUNING_METHODS: frozenset[str] = frozenset(n for n, m in METHODS.items() if m.prunes)
+
+
+def start_rank(method: str, target_rank: int, init_rank: int | None) -> int | None:
+    """r' of a run: b(T) for LoRA, init_rank or ceil(1.5 b(T)) for a pruning method."""
+    info = METHODS[method]
+    if not info.adapter:
+        return None
+    if not info.prunes:
+        return target_rank
+    return init_rank if init_rank is not None else -(-3 * target_rank // 2)
+
+
+# --- telemetry records (metrics.jsonl lines; a batch groups them by kind) ---------------------
+
+EVENT_KINDS: tuple[str, ...] = (
+    "started",
+    "prune",
+    "mask_frozen",
+    "eval",
+    "checkpoint",
+    "finished",
+    "failed",
+    "cancelled",
+    "log",
+)
+
+
+class ScoresRecord(TypedDict):
+    type: Literal["scores"]
+    step: int
+    values: dict[str, list[float]]  # module name -> smoothed importance per component
+    masks: dict[str, list[int]]  # module name -> 1 live / 0 pruned
+
+
+class BudgetRecord(TypedDict):
+    type: Literal["budget"]
+    step: int
+    target: int  # round(b(t) x L)
+    live: int
+    b: float
+
+
+class ScalarsRecord(TypedDict):
+    type: Literal["scalars"]
+    step: int
+    values: dict[str, float]
+
+
+class EventRecord(TypedDict):
+    type: Literal["event"]
+    step: int
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+
+Record = ScoresRecord | BudgetRecord | ScalarsRecord | EventRecord
+
+# metrics.jsonl "type" -> the batch body's list for it.
+BATCH_KEYS: dict[str, str] = {
+    "scores": "scores",
+    "budget": "budget",
+    "scalars": "scalars",
+    "event": "events",
+}
+
+
+def stream_keys(record: dict) -> list[tuple[str, ...]]:
+    """The streams a record advances; a stream's steps never go back."""
+    kind = record["type"]
+    if kind == "scalars":
+        return [("scalars", key) for key in record["values"]]
+    if kind == "event":
+        return [("event", record["kind"])]
+    return [(kind,)]
+
+
+def batch_size(body: dict) -> int:
+    """Records in one telemetry batch body."""
+    return sum(len(body.get(key, [])) for key in BATCH_KEYS.values())
