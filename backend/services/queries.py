@@ -33,6 +33,7 @@ from backend.schemas import (
 )
 from backend.scorepack import SCORE_DTYPE, Layout, live_counts
 from backend.services.runs import ensure_run, modules_of
+from dora_core.contracts.rankgrid import rank_grid
 
 # Event kinds whose steps a downsampled score series always keeps.
 PRUNING_KINDS = ("prune", "mask_frozen")
@@ -75,16 +76,14 @@ def rank_matrix(session: Session, run_id: int, step: int | None) -> RankMatrix:
     live = live_counts(_layout(modules), row.masks) if row is not None else None
 
     in_blocks = [(i, m) for i, m in enumerate(modules) if m.layer is not None]
-    layers = sorted({m.layer for _, m in in_blocks})
-    types = list(dict.fromkeys(m.type for _, m in in_blocks))
-    row_of = {layer: r for r, layer in enumerate(layers)}
-    col_of = {t: c for c, t in enumerate(types)}
-    grid = {key: [[None] * len(types) for _ in layers] for key in ("live", "rank", "modules")}
-    for i, m in in_blocks:
-        r, c = row_of[m.layer], col_of[m.type]
-        grid["live"][r][c] = int(live[i]) if live is not None else None
-        grid["rank"][r][c] = m.rank
-        grid["modules"][r][c] = m.name
+    layers, types, live_grid = rank_grid(
+        (m.layer, m.type, int(live[i]) if live is not None else None) for i, m in in_blocks
+    )
+    grid = {
+        "live": live_grid,
+        "rank": rank_grid((m.layer, m.type, m.rank) for _, m in in_blocks).matrix,
+        "modules": rank_grid((m.layer, m.type, m.name) for _, m in in_blocks).matrix,
+    }
     return RankMatrix.model_construct(
         step=row.step if row is not None else None, layers=layers, types=types, **grid
     )
