@@ -126,10 +126,10 @@ def rank_rows(live: dict[str, int], layout: dict[str, dict[str, Any]]) -> list[d
 def live_adapter_params(live: dict[str, int], layout: dict[str, dict[str, Any]]) -> int:
     """Parameters of the live components: r x (d_in + d_out + 1) per layer (A row, B column,
     the gate c or AdaLoRA's singular value E)."""
-    return sum(
-        live[n] * (info["shape"][0] + info["shape"][1] + 1)
-        for n, info in layout.items()
-        if n in live
+    from dora_core.contracts.params import live_params
+
+    return live_params(
+        ((live[n], info["shape"]) for n, info in layout.items() if n in live), gated=True
     )
 
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 import threading
 
 from dashboard.api import ApiClient, ApiError
+from dora_core.contracts.params import component_size, live_params  # noqa: F401 (re-exported)
 
 GATED = frozenset({"dora", "adalora"})
-
-
-def component_size(shape: list[int], gated: bool) -> int:
-    """Parameters of one rank-1 component of a module with weight shape [d_out, d_in]."""
-    return shape[0] + shape[-1] + (1 if gated else 0)
 
 
 def live_adapter_params(method: str | None, modules: list[dict], matrix: dict) -> int | None:
@@ -30,16 +26,16 @@ def live_adapter_params(method: str | None, modules: list[dict], matrix: dict) -
         return None
     shapes = {m["name"]: m["shape"] for m in modules}
     seen: set[str] = set()
-    total = 0
+    counted: list[tuple[int, list[int]]] = []
     for names, lives in zip(matrix.get("modules", []), matrix.get("live", []), strict=True):
         for name, live in zip(names, lives, strict=True):
             if name is None:
                 continue
             if live is None or name not in shapes:
                 return None
-            total += live * component_size(shapes[name], method in GATED)
+            counted.append((live, shapes[name]))
             seen.add(name)
-    return total if seen == set(shapes) else None
+    return live_params(counted, gated=method in GATED) if seen == set(shapes) else None
 
 
 class LiveParams:
