@@ -47,7 +47,7 @@ from dora_core.contracts.job import parse_job_config
 from dora_core.worker.data import BatchPlan
 from dora_core.worker.telemetry import NullReporter, Reporter
 from dora_core.worker.train.loop import Worker, pick_device
-from dora_core.worker.train.preflight import prepare
+from dora_core.worker.train.plan import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def main() -> int:
         }
     )
     plan = prepare(job, tmp / "run")
-    worker = Worker(plan, pick_device(job), NullReporter(), report_every=1)
+    worker = Worker(plan, pick_device(job.device), NullReporter(), report_every=1)
     worker.restore(None)
     lengths = tuple(len(ids) for ids in worker.train_data.input_ids)
     data_order = BatchPlan(len(lengths), job.batch_size, job.seed, lengths=lengths)
@@ -117,7 +117,7 @@ def main() -> int:
             tmp / "streaming", url, run_name="bench", config=job.model_dump(mode="json")
         ),
     }
-    body = worker.method.register_body(plan.total_steps, job)
+    body = worker.method.register_body()
     for reporter in reporters.values():
         reporter.register(body)
     speeds: dict[str, list[float]] = {mode: [] for mode in reporters}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +22,62 @@ def round_half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
 
+def setting(default: Any, help: str, **bounds: float) -> Any:
+    """A DoraConfig field with its help text and numeric bounds (ge/gt/le/lt).
+
+    This is the one declaration of each setting: DoraConfig validates against
+    the bounds, and the job schema (``dora_core.contracts.job``) derives its
+    adapter fields (name, default, bounds, help) from the same metadata.
+    """
+    return field(default=default, metadata={"help": help, **bounds})
+
+
 @dataclass(frozen=True, kw_only=True)
 class DoraConfig:
     """Configuration of Dynamic Low-Rank Adaptation (Mao et al., ACL 2024)."""
 
     # Optimizer steps T of the whole run; the budget schedule is a function of it.
-    total_steps: int
-    # b(T): average number of live components per adapted layer at the end.
-    target_rank: int = 8
-    # r' = b(0): components per layer at the start; None means ceil(1.5 * target_rank).
+    total_steps: int = setting(None, "Optimizer steps T of the whole run", ge=1)
+    target_rank: int = setting(
+        8, "b(T): average live components per adapted layer at the end", ge=1
+    )
     # Equal to target_rank: nothing is pruned (the paper's b(0) = b(T) ablation, Table 6).
-    init_rank: int | None = None
-    # Which layers to adapt. A list: each entry is a module-name suffix
-    # ("query", "attention.output.dense") or, if it contains regex syntax
-    # other than dots, a regex matched against the full name. A plain string
-    # is one regex. None: the default projections of the model family.
-    target_modules: list[str] | str | None = None
-    # Scale numerator: the adapter output is multiplied by alpha / r'.
-    alpha: float = 8.0
-    # Dropout on the adapter input.
-    dropout: float = 0.1
-    # EMA factor of the importance scores (Eq. 8).
-    beta: float = 0.9
-    # t_i / T: optimizer steps before the first pruning event.
-    warmup_frac: float = 0.15
-    # t_f / T: steps after the mask is frozen.
-    final_frac: float = 0.5
-    # Optimizer steps between pruning events inside [t_i, T - t_f].
-    prune_interval: int = 10
-    # eta, weight of the DEM regulariser (Eq. 10); 0 turns it off.
-    dem_weight: float = 0.1
-    # Keep the regulariser after the mask is frozen (the released code drops it).
-    dem_after_freeze: bool = False
-    # Modules trained fully besides the adapters (the task head). None:
-    # "classifier" and "score" where the model has them; [] trains none.
-    modules_to_save: list[str] | None = None
-    # Once the mask is frozen, slice pruned components out of the factors and
-    # the optimizer state (the first tuner.step(optimizer) at or after the freeze).
-    compact: bool = True
+    init_rank: int | None = setting(
+        None,
+        "r' = b(0): components per layer at the start; default ceil(1.5 * target_rank)",
+        ge=1,
+    )
+    # A list: each entry is a module-name suffix ("query", "attention.output.dense") or,
+    # if it contains regex syntax other than dots, a regex matched against the full name.
+    # A plain string is one regex. None: the default projections of the model family.
+    target_modules: list[str] | str | None = setting(
+        None,
+        "Module name suffixes or one regex; default: every attention and FFN projection "
+        "of the model family",
+    )
+    alpha: float = setting(
+        8.0, "Scale numerator: the adapter output is multiplied by alpha / r'", gt=0
+    )
+    dropout: float = setting(0.1, "Dropout on the adapter input", ge=0, lt=1)
+    beta: float = setting(0.9, "EMA factor of the importance scores (Eq. 8)", ge=0, lt=1)
+    warmup_frac: float = setting(0.15, "t_i / T: steps before pruning starts", ge=0, lt=1)
+    final_frac: float = setting(0.5, "t_f / T: steps after the mask is frozen", ge=0, lt=1)
+    prune_interval: int = setting(10, "Optimizer steps between pruning events", ge=1)
+    dem_weight: float = setting(
+        0.1, "eta, weight of the DEM regulariser (Eq. 10); 0 turns it off", ge=0
+    )
+    dem_after_freeze: bool = setting(
+        False, "Keep the DEM regulariser after the mask is frozen (the released code drops it)"
+    )
+    # None: "classifier" and "score" where the model has them; [] trains none.
+    modules_to_save: list[str] | None = setting(
+        None, "Modules trained fully besides the adapters (the task head)"
+    )
+    compact: bool = setting(
+        True,
+        "Once the mask is frozen, slice pruned components out of the factors and the "
+        "optimizer state (the first tuner.step(optimizer) at or after the freeze)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, tuple):
@@ -69,11 +87,9 @@ class DoraConfig:
         _validate(self)
         if self.init_rank is None:
             object.__setattr__(self, "init_rank", math.ceil(1.5 * self.target_rank))
-        if self.init_rank < self.target_rank:
-            raise ValueError(
-                f"init_rank: must be at least target_rank ({self.init_rank} < "
-                f"{self.target_rank}); b(0) is where pruning starts, b(T) where it ends"
-            )
+        rank_problem = check_ranks(self.target_rank, self.init_rank)
+        if rank_problem:
+            raise ValueError(rank_problem)
 
     # --- phase boundaries in optimizer steps ---
     @property
@@ -124,46 +140,84 @@ class DoraConfig:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def check_ranks(target_rank: int, init_rank: int | None) -> str | None:
+    """The rule between b(T) and b(0), as an error message (None: fine). Shared with the job
+    schema, which checks it before T is known."""
+    if init_rank is not None and init_rank < target_rank:
+        return (
+            f"init_rank: must be at least target_rank ({init_rank} < {target_rank}); b(0) is "
+            "where pruning starts and b(T) where it ends, so raise init_rank or lower "
+            "target_rank (equal: nothing is pruned)"
+        )
+    return None
+
+
+def check_phases(warmup_frac: float, final_frac: float, total_steps: int | None) -> str | None:
+    """Is there a pruning phase, [t_i, T - t_f] with at least one step? An error message or
+    None. Without T (the job schema) only the fractions are checked."""
+    if total_steps is None:
+        if warmup_frac + final_frac < 1:
+            return None
+        return (
+            f"final_frac: warmup_frac + final_frac = {warmup_frac + final_frac:g} leaves no "
+            "pruning phase; keep their sum below 1 (defaults 0.15 + 0.5)"
+        )
+    t_i = round_half_up(warmup_frac * total_steps)
+    t_f = round_half_up(final_frac * total_steps)
+    if total_steps - t_i - t_f >= 1:
+        return None
+    return (
+        f"final_frac: warmup_frac={warmup_frac:g} and final_frac={final_frac:g} leave no "
+        f"pruning phase in {total_steps} steps (t_i={t_i}, t_f={t_f}); lower them "
+        "(defaults 0.15 and 0.5) or raise total_steps"
+    )
+
+
+def _bounds_message(value: Any, meta: dict[str, Any], is_int: bool) -> str | None:
+    """What is wrong with ``value`` under the field's bounds, or None."""
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    ok = (
+        (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
+    if ok:
+        return None
+    if is_int and ge == 1 and le is None:
+        return "must be a positive integer"
+    if ge is not None and lt is not None:
+        return f"must be in [{ge:g}, {lt:g})"
+    if gt is not None:
+        return f"must be > {gt:g}"
+    if ge is not None:
+        return f"must be >= {ge:g}"
+    return f"must be <= {le if le is not None else lt:g}"
+
+
 def _validate(cfg: DoraConfig) -> None:
     """Raise ValueError naming the field and what to change."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(message)
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    need(
-        is_int(cfg.total_steps) and cfg.total_steps >= 1,
-        f"total_steps: must be a positive number of optimizer steps (got {cfg.total_steps!r})",
-    )
-    need(
-        is_int(cfg.target_rank) and cfg.target_rank >= 1,
-        f"target_rank: must be a positive integer (got {cfg.target_rank!r})",
-    )
-    need(
-        cfg.init_rank is None or (is_int(cfg.init_rank) and cfg.init_rank >= 1),
-        f"init_rank: must be a positive integer or None (got {cfg.init_rank!r})",
-    )
-    need(cfg.alpha > 0, f"alpha: must be > 0 (got {cfg.alpha!r})")
-    need(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1) (got {cfg.dropout!r})")
-    need(0 <= cfg.beta < 1, f"beta: must be in [0, 1) (got {cfg.beta!r})")
-    need(0 <= cfg.warmup_frac < 1, f"warmup_frac: must be in [0, 1) (got {cfg.warmup_frac!r})")
-    need(0 <= cfg.final_frac < 1, f"final_frac: must be in [0, 1) (got {cfg.final_frac!r})")
-    need(
-        is_int(cfg.prune_interval) and cfg.prune_interval >= 1,
-        f"prune_interval: must be a positive integer (got {cfg.prune_interval!r})",
-    )
-    need(cfg.dem_weight >= 0, f"dem_weight: must be >= 0 (got {cfg.dem_weight!r})")
-    t_i = round_half_up(cfg.warmup_frac * cfg.total_steps)
-    t_f = round_half_up(cfg.final_frac * cfg.total_steps)
-    need(
-        cfg.total_steps - t_i - t_f >= 1,
-        f"final_frac: warmup_frac={cfg.warmup_frac:g} and final_frac={cfg.final_frac:g} leave no "
-        f"pruning phase in {cfg.total_steps} steps (t_i={t_i}, t_f={t_f}); lower them "
-        "(defaults 0.15 and 0.5) or raise total_steps",
-    )
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or f.type in ("bool", "list[str] | None", "list[str] | str | None"):
+            continue
+        is_int = f.type.startswith("int")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if is_int and not (isinstance(value, int) and not isinstance(value, bool)):
+            problem = (
+                "must be a positive integer" if f.metadata.get("ge") == 1 else "must be an integer"
+            )
+        elif not numeric:
+            problem = "must be a number"
+        else:
+            problem = _bounds_message(value, f.metadata, is_int)
+        if problem:
+            raise ValueError(f"{f.name}: {problem} (got {value!r})")
+    if cfg.total_steps is None:
+        raise ValueError("total_steps: must be a positive number of optimizer steps (got None)")
+    phase_problem = check_phases(cfg.warmup_frac, cfg.final_frac, cfg.total_steps)
+    if phase_problem:
+        raise ValueError(phase_problem)
     _validate_names("target_modules", cfg.target_modules)
     _validate_names("modules_to_save", cfg.modules_to_save)
 

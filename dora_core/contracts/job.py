@@ -10,15 +10,41 @@ without torch.
 from __future__ import annotations
 
 import json
-import math
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Method = Literal["dora", "lora", "adalora", "full"]
+from dora_core.config import DoraConfig, check_phases, check_ranks
+from dora_core.contracts.wire import METHODS, MethodName, start_rank
+
+_SETTINGS = {f.name: f for f in fields(DoraConfig)}
+# The DoraConfig fields a job sets; the rest (total_steps, modules_to_save, compact) the
+# worker decides.
+ADAPTER_SETTINGS = (
+    "target_rank",
+    "init_rank",
+    "target_modules",
+    "alpha",
+    "dropout",
+    "beta",
+    "warmup_frac",
+    "final_frac",
+    "prune_interval",
+    "dem_weight",
+    "dem_after_freeze",
+)
+
+
+def adapter_field(name: str, **overrides: Any) -> Any:
+    """A job field declared by DoraConfig: its default, bounds and help (overridable)."""
+    setting = _SETTINGS[name]
+    spec = {k: v for k, v in setting.metadata.items() if k in ("ge", "gt", "le", "lt")}
+    spec["description"] = setting.metadata["help"]
+    return Field(setting.default, **{**spec, **overrides})
 
 
 class JobConfigError(ValueError):
@@ -76,43 +102,28 @@ class JobConfig(BaseModel):
     max_dev_samples: int | None = Field(None, ge=1, description="Cap on dev examples")
 
     # --- the adapter ---
-    method: Method = Field(
+    method: MethodName = Field(
         "dora",
         description="dora (dynamic rank, ours), lora or adalora (real PEFT), full (all weights)",
     )
-    target_rank: int = Field(
-        8,
-        ge=1,
+    # The DoRA settings: names, defaults, bounds and help come from DoraConfig (one
+    # declaration); the upper bounds are the job's own guard against typos.
+    target_rank: int = adapter_field(
+        "target_rank",
         le=256,
-        description="b(T): average live components per adapted layer at the end (LoRA rank for method=lora)",
+        description="b(T): average live components per adapted layer at the end "
+        "(LoRA rank for method=lora)",
     )
-    init_rank: int | None = Field(
-        None,
-        ge=1,
-        le=384,
-        description="r': components per layer at the start; default ceil(1.5 * target_rank)",
-    )
-    target_modules: list[str] | None = Field(
-        None,
-        description="Module name suffixes or one regex; default: every attention and FFN projection of the model family",
-    )
-    alpha: float = Field(
-        8.0, gt=0, description="Scale numerator: the adapter output is multiplied by alpha / r'"
-    )
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input")
-    beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the importance scores (Eq. 8)")
-    warmup_frac: float = Field(0.15, ge=0, lt=1, description="t_i / T: steps before pruning starts")
-    final_frac: float = Field(
-        0.5, ge=0, lt=1, description="t_f / T: steps after the mask is frozen"
-    )
-    prune_interval: int = Field(10, ge=1, description="Optimizer steps between pruning events")
-    dem_weight: float = Field(
-        0.1, ge=0, le=10, description="eta, weight of the DEM regulariser (Eq. 10); 0 turns it off"
-    )
-    dem_after_freeze: bool = Field(
-        False,
-        description="Keep the DEM regulariser after the mask is frozen (the released code drops it)",
-    )
+    init_rank: int | None = adapter_field("init_rank", le=384)
+    target_modules: list[str] | None = adapter_field("target_modules")
+    alpha: float = adapter_field("alpha")
+    dropout: float = adapter_field("dropout")
+    beta: float = adapter_field("beta")
+    warmup_frac: float = adapter_field("warmup_frac")
+    final_frac: float = adapter_field("final_frac")
+    prune_interval: int = adapter_field("prune_interval")
+    dem_weight: float = adapter_field("dem_weight", le=10)
+    dem_after_freeze: bool = adapter_field("dem_after_freeze")
 
     # --- optimisation ---
     epochs: float | None = Field(
@@ -162,21 +173,11 @@ class JobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
-        if (
-            self.method in ("dora", "adalora")
-            and self.init_rank is not None
-            and self.init_rank < self.target_rank
-        ):
-            raise ValueError(
-                f"init_rank: must be at least target_rank ({self.init_rank} < {self.target_rank}); "
-                "b(0) is where pruning starts and b(T) where it ends, so raise init_rank or lower "
-                "target_rank (equal: nothing is pruned)"
-            )
-        if self.warmup_frac + self.final_frac >= 1:
-            raise ValueError(
-                f"final_frac: warmup_frac + final_frac = {self.warmup_frac + self.final_frac:g} leaves no "
-                "pruning phase; keep their sum below 1 (defaults 0.15 + 0.5)"
-            )
+        problem = check_phases(self.warmup_frac, self.final_frac, None)
+        if METHODS[self.method].prunes:
+            problem = check_ranks(self.target_rank, self.init_rank) or problem
+        if problem:
+            raise ValueError(problem)
         if self.max_steps is None and self.epochs is None:
             raise ValueError("epochs: set epochs or max_steps")
         if self.target_modules is not None and not self.target_modules:
@@ -186,9 +187,13 @@ class JobConfig(BaseModel):
         return self
 
     @property
-    def start_rank(self) -> int:
-        """r' for dora/adalora: init_rank or ceil(1.5 * target_rank)."""
-        return self.init_rank if self.init_rank is not None else math.ceil(1.5 * self.target_rank)
+    def start_rank(self) -> int | None:
+        """r' of this job's method: b(T) for LoRA, init_rank or ceil(1.5 b(T)) if it prunes."""
+        return start_rank(self.method, self.target_rank, self.init_rank)
+
+    def dora_settings(self) -> dict[str, Any]:
+        """The DoraConfig fields this job sets (everything but total_steps, known later)."""
+        return {name: getattr(self, name) for name in ADAPTER_SETTINGS}
 
     @property
     def display_name(self) -> str:

@@ -283,3 +283,21 @@ def test_compaction_through_accelerates_optimizer_wrapper():
     assert unwrap_optimizer(opt) is inner
     with pytest.raises(TypeError, match=r"not a torch\.optim\.Optimizer"):
         unwrap_optimizer(object())
+
+
+def test_init_rank_equal_to_target_prunes_nothing():
+    """b(0) = b(T) (the paper's Table 6 baseline): a flat budget, every component stays live."""
+    model, tuner = make(init_rank=4)
+    opt = optimizer_for(tuner)
+    L = len(tuner.layers)
+    events = []
+    for t in range(1, 41):
+        train_step(model, tuner, opt, t)
+        info = tuner.step(opt)
+        opt.zero_grad()
+        assert info.b == 4.0 and info.target == 4 * L
+        if info.event is not None:
+            events.append(info.event)
+    assert events[-1] == "mask_frozen"
+    assert all(mask.all() for mask in tuner.masks().values())
+    assert tuner.rank_pattern() == dict.fromkeys(tuner.layers, 4)

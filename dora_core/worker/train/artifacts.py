@@ -17,15 +17,16 @@ from torch import nn
 from dora_core.contracts.job import JobConfig, JobConfigError, load_job_config
 from dora_core.contracts.rundir import (
     ADAPTER_DIR,
-    DORA_DIR,
     JOB_FILE,
     MODEL_DIR,
     RESULT_FILE,
     SPLIT_FILE,
 )
+from dora_core.contracts.wire import METHODS
 from dora_core.worker.models import load_model, load_tokenizer, resolve_model
 from dora_core.worker.train import checkpoint
-from dora_core.worker.train.methods import Method, build_method
+from dora_core.worker.train.methods import METHOD_CLASSES, Method, build_method
+from dora_core.worker.train.plan import resolve_method
 
 
 def _run(run_dir: Path) -> tuple[JobConfig, list[str]]:
@@ -51,7 +52,7 @@ def _from_checkpoint(run_dir: Path, job: JobConfig, labels: list[str]) -> tuple[
             [("", f"{run_dir} has neither a final adapter nor a checkpoint; train it first")]
         )
     model, tokenizer = _base(job, labels)
-    method = build_method(model, job, int(state["total_steps"]))
+    method = build_method(model, resolve_method(job, int(state["total_steps"])))
     method.load_state_dict(state["method"])
     return method, tokenizer
 
@@ -63,7 +64,7 @@ def _finished(run_dir: Path) -> bool:
 def export_adapter(run_dir: Path, out: Path) -> Path:
     """The run's PEFT adapter folder at ``out`` (``PeftModel.from_pretrained(base, out)``)."""
     job, labels = _run(run_dir)
-    if job.method == "full":
+    if not METHODS[job.method].adapter:
         raise JobConfigError(
             [("method", "a full fine-tune has no adapter; use `dora merge` for the whole model")]
         )
@@ -71,10 +72,7 @@ def export_adapter(run_dir: Path, out: Path) -> Path:
         shutil.copytree(run_dir / ADAPTER_DIR, out, dirs_exist_ok=True)
         return out
     method, tokenizer = _from_checkpoint(run_dir, job, labels)
-    if job.method == "dora":
-        method.tuner.export_peft(out)
-    else:
-        method.model.save_pretrained(out)
+    method.export_adapter(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -83,21 +81,11 @@ def merge_model(run_dir: Path, out: Path) -> Path:
     """A plain transformers model folder with the update folded into the weights."""
     job, labels = _run(run_dir)
     if _finished(run_dir):
-        if job.method == "full":
+        if not METHODS[job.method].adapter:  # the run saved the whole model: it is the merge
             shutil.copytree(run_dir / MODEL_DIR, out, dirs_exist_ok=True)
             return out
         model, tokenizer = _base(job, labels)
-        if job.method == "dora":
-            from dora_core.config import DoraConfig
-            from dora_core.tuner import inject
-
-            tuner = inject(model, DoraConfig.load(run_dir / DORA_DIR)).load(run_dir / DORA_DIR)
-            tuner.merge()
-            merged = model
-        else:
-            from peft import PeftModel
-
-            merged = PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR).merge_and_unload()
+        merged = METHOD_CLASSES[job.method].merge_saved(model, run_dir)
     else:
         method, tokenizer = _from_checkpoint(run_dir, job, labels)
         merged = method.merged()

@@ -43,11 +43,9 @@ from dora_core.worker.telemetry import NullReporter, Reporter
 from dora_core.worker.train import checkpoint, ddp
 from dora_core.worker.train.evaluation import evaluate
 from dora_core.worker.train.methods import Method, build_method
-from dora_core.worker.train.preflight import Plan, default_run_dir, prepare
+from dora_core.worker.train.plan import Plan, default_run_dir, prepare
 
 log = logging.getLogger("dora.train")
-
-SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 @dataclass
@@ -91,8 +89,9 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def pick_device(job: JobConfig) -> torch.device:
-    if job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available()):
+def pick_device(device: str) -> torch.device:
+    """The job's ``device`` field (auto / cpu / cuda) as a torch device for this rank."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", ddp.local_rank())
 
@@ -132,7 +131,6 @@ class Worker:
         self, plan: Plan, device: torch.device, reporter: Reporter | NullReporter, report_every: int
     ):
         self.plan = plan
-        self.job = plan.job
         self.device = device
         self.reporter = reporter
         self.report_every = report_every
@@ -142,15 +140,14 @@ class Worker:
         self.last_eval: dict[str, float] | None = None
         self.started = time.monotonic()
 
-        job = self.job
         self.tokenizer = load_tokenizer(plan.source)
         self.pad_id = self.tokenizer.pad_token_id
-        self.train_data: Encoded = encode(plan.split.train, self.tokenizer, job.max_length)
-        self.dev_data: Encoded = encode(plan.split.dev, self.tokenizer, job.max_length)
-        torch.manual_seed(job.seed)  # the head and the adapters start from the seed
+        self.train_data: Encoded = encode(plan.split.train, self.tokenizer, plan.max_length)
+        self.dev_data: Encoded = encode(plan.split.dev, self.tokenizer, plan.max_length)
+        torch.manual_seed(plan.seed)  # the head and the adapters start from the seed
         labels = plan.split.train.label_names
         model = load_model(plan.source, plan.num_labels, self.pad_id, labels)
-        self.method: Method = build_method(model, job, plan.total_steps)
+        self.method: Method = build_method(model, plan.method)
         self.method.model.to(device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -160,15 +157,15 @@ class Worker:
     def _build_optimizer(self) -> None:
         from transformers import get_scheduler
 
-        job, total = self.job, self.plan.total_steps
+        optim = self.plan.optim
         self.optimizer = torch.optim.AdamW(
-            self.method.param_groups(job.lr, job.head_lr), weight_decay=job.weight_decay
+            self.method.param_groups(optim.lr, optim.head_lr), weight_decay=optim.weight_decay
         )
         self.scheduler = get_scheduler(
-            SCHEDULERS[job.lr_scheduler],
+            optim.scheduler,
             self.optimizer,
-            num_warmup_steps=round(job.warmup_ratio * total),
-            num_training_steps=total,
+            num_warmup_steps=optim.warmup_steps,
+            num_training_steps=self.plan.total_steps,
         )
 
     def restore(self, state: dict | None) -> None:
@@ -203,33 +200,39 @@ class Worker:
     def _batches(self) -> Iterator[tuple[int, list[int]]]:
         lengths = tuple(len(ids) for ids in self.train_data.input_ids)
         plan = BatchPlan(
-            len(lengths), self.job.batch_size, self.job.seed, ddp.world_size(), ddp.rank(), lengths
+            len(lengths),
+            self.plan.batch_size,
+            self.plan.seed,
+            ddp.world_size(),
+            ddp.rank(),
+            lengths,
         )
-        return plan.batches(start=self.step * self.job.grad_accum)
+        return plan.batches(start=self.step * self.plan.grad_accum)
 
     def _train_step(self, batches: Iterator[tuple[int, list[int]]]) -> dict[str, float]:
-        job = self.job
+        accum = self.plan.grad_accum
         totals = {"loss": 0.0, "task_loss": 0.0, "dem": 0.0}
         self.wrapped.train()
-        for k in range(job.grad_accum):
+        for k in range(accum):
             _, indices = next(batches)
             batch = {
                 key: value.to(self.device)
                 for key, value in collate(self.train_data, indices, self.pad_id).items()
             }
-            last = k == job.grad_accum - 1
+            last = k == accum - 1
             sync = contextlib.nullcontext() if last or not ddp.active() else self.wrapped.no_sync()
             with sync:
                 out = self.wrapped(**batch)
                 task = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
                 reg = self.method.regularization()
                 loss = out.loss + reg if reg is not None else out.loss
-                (loss / job.grad_accum).backward()
-            totals["loss"] += loss.item() / job.grad_accum
-            totals["task_loss"] += task.item() / job.grad_accum
-            totals["dem"] += (reg.item() if reg is not None else 0.0) / job.grad_accum
+                (loss / accum).backward()
+            totals["loss"] += loss.item() / accum
+            totals["task_loss"] += task.item() / accum
+            totals["dem"] += (reg.item() if reg is not None else 0.0) / accum
         params = [p for p in self.method.parameters() if p.grad is not None]
-        limit = job.grad_clip if job.grad_clip is not None else float("inf")
+        clip = self.plan.optim.grad_clip
+        limit = clip if clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
@@ -240,14 +243,14 @@ class Worker:
         if result.compacted:
             self._rewrap()
         totals.update(lr=lr, grad_norm=float(grad_norm))
-        if self.method.name != "dora":
+        if reg is None:  # the method has no regulariser: no "dem" curve
             del totals["dem"]
         totals["event"] = result.event  # type: ignore[assignment]
         return totals
 
     # --- reporting ------------------------------------------------------------------------
     def register(self) -> None:
-        self.reporter.register(self.method.register_body(self.plan.total_steps, self.job))
+        self.reporter.register(self.method.register_body())
 
     def report_state(self, step: int, force_scores: bool = False) -> None:
         if self.main:
@@ -269,7 +272,7 @@ class Worker:
             self.dev_data,
             self.plan.num_labels,
             self.pad_id,
-            self.job.batch_size * 2,
+            self.plan.batch_size * 2,
             self.device,
         )
         self.last_eval = metrics
@@ -290,7 +293,7 @@ class Worker:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": checkpoint.rng_state(),
-                "position": {"micro_batches": self.step * self.job.grad_accum},
+                "position": {"micro_batches": self.step * self.plan.grad_accum},
                 "total_steps": self.plan.total_steps,
                 "best": self.best,
                 "last_eval": self.last_eval,
@@ -308,7 +311,7 @@ class Worker:
         bar = tqdm(
             total=total,
             initial=self.step,
-            desc=f"{self.job.method} {Path(self.job.model).name}",
+            desc=f"{self.method.name} {Path(plan.record['model']).name}",
             unit="step",
             disable=not (progress and self.main),
             dynamic_ncols=True,
@@ -348,9 +351,9 @@ class Worker:
         metrics = self.last_eval if self.last_eval is not None else self._evaluate()
         result: dict[str, Any] = {
             "status": "completed",
-            "method": self.job.method,
-            "model": self.job.model,
-            "dataset": self.job.dataset,
+            "method": self.method.name,
+            "model": self.plan.record["model"],
+            "dataset": self.plan.record["dataset"],
             "total_steps": self.plan.total_steps,
             "metrics": metrics,
             "best": self.best,
@@ -359,8 +362,7 @@ class Worker:
             "dev_size": len(self.dev_data),
             "wall_time_s": round(time.monotonic() - self.started, 2),
         }
-        if self.method.name == "dora":
-            result["rank_pattern"] = self.method.tuner.rank_pattern()
+        result.update(self.method.result_extras())
         if self.main:
             self.method.save_final(self.plan.run_dir, self.tokenizer)
             _write_json(self.plan.run_dir / RESULT_FILE, result)
@@ -401,7 +403,7 @@ def train(
     """Run one job (the same as `dora train`). Raises JobConfigError before training on a bad job."""
     telemetry = telemetry or Telemetry()
     progress = sys.stderr.isatty() if progress is None else progress
-    device = pick_device(job)
+    device = pick_device(job.device)
     ddp.setup(device)
     handler = None
     reporter: Reporter | NullReporter = NullReporter()
@@ -419,7 +421,13 @@ def train(
             result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
             return Outcome("completed", run_dir, result)
         try:
-            plan = prepare(job, run_dir, resume=resume, world_size=ddp.world_size())
+            plan = prepare(
+                job,
+                run_dir,
+                resume=resume,
+                world_size=ddp.world_size(),
+                report_every=telemetry.report_every,
+            )
         except JobConfigError as exc:
             if telemetry.run_id is not None and ddp.is_main():
                 # Launched by the API: the dashboard should show why it never started.
@@ -430,13 +438,13 @@ def train(
         if ddp.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             handler = _setup_logging(run_dir)
-            _write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
+            _write_json(run_dir / JOB_FILE, plan.record)
             _write_json(run_dir / SPLIT_FILE, plan.split.record)
         else:
             _setup_logging(None)
         ddp.barrier()
         reporter = _make_reporter(job, run_dir, telemetry)
-        return _run(plan, device, reporter, telemetry, resume, progress)
+        return _run(plan, device, reporter, resume, progress)
     except (JobConfigError, KeyboardInterrupt):
         raise
     except BaseException as exc:
@@ -462,12 +470,10 @@ def _run(
     plan: Plan,
     device: torch.device,
     reporter: Reporter | NullReporter,
-    telemetry: Telemetry,
     resume: bool,
     progress: bool,
 ) -> Outcome:
-    job = plan.job
-    worker = Worker(plan, device, reporter, telemetry.report_every or job.report_every)
+    worker = Worker(plan, device, reporter, plan.report_every)
     state = checkpoint.load_latest(plan.run_dir) if resume else None
     try:
         worker.restore(state)
@@ -476,7 +482,8 @@ def _run(
             reporter.event(
                 0,
                 "started",
-                f"{job.method} on {job.model} / {job.dataset}: {plan.total_steps} steps",
+                f"{plan.method.name} on {plan.record['model']} / {plan.record['dataset']}: "
+                f"{plan.total_steps} steps",
             )
             worker.report_state(0, force_scores=True)
         else:
@@ -486,7 +493,7 @@ def _run(
         if ddp.is_main():
             log.info(
                 "%s: %d train / %d dev examples, %d optimizer steps, run dir %s",
-                job.display_name,
+                plan.name,
                 len(worker.train_data),
                 len(worker.dev_data),
                 plan.total_steps,

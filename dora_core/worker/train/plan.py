@@ -1,11 +1,14 @@
-"""Everything that can be wrong with a job, checked before any training starts.
+"""A job resolved once into a Plan, with everything that can be wrong checked first.
 
-``prepare`` turns a JobConfig into a Plan (data split, model source, step
-counts, run directory) or raises JobConfigError naming the field and the
-fix: presets that are not installed, missing files and columns, targets that
-match nothing, a schedule with no pruning phase at this run length, a
-max_length beyond the model's positions, a run directory already in use.
-The static rules (types, ranges, budget vs start rank) are the job config's.
+``prepare`` turns a JobConfig into a Plan (data split, model source, the
+method with its settings and T, the optimiser, the evaluation, checkpoint
+and reporting cadence, the run directory) or raises JobConfigError naming
+the field and the fix: presets that are not installed, missing files and
+columns, targets that match nothing, a schedule with no pruning phase at
+this run length, a max_length beyond the model's positions, a run directory
+already in use. The static rules (types, ranges, budget vs start rank) are
+the job config's. The loop, the methods and the reporting read the plan,
+never the raw job.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any
 
 import torch
 
+from dora_core.config import DoraConfig
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.rundir import CHECKPOINTS_DIR, METRICS_FILE
+from dora_core.contracts.wire import METHODS, start_rank
 from dora_core.worker.data import BatchPlan, Split, load_dataset, make_split
 from dora_core.worker.models import ModelSource, load_config, resolve_model
 
@@ -29,21 +34,74 @@ _FIELD = re.compile(r"^(\w+): (.*)$", re.S)
 
 
 @dataclass(frozen=True)
+class MethodPlan:
+    """What a method needs to build itself: its name, T and the job's DoRA settings."""
+
+    name: str
+    total_steps: int  # T, optimizer steps
+    settings: dict[str, Any]  # DoraConfig fields set by the job (JobConfig.dora_settings())
+
+    @property
+    def target_rank(self) -> int:
+        return int(self.settings["target_rank"])
+
+    @property
+    def start_rank(self) -> int | None:
+        """r': b(T) for LoRA, init_rank or ceil(1.5 b(T)) for a pruning method, None for full."""
+        return start_rank(self.name, self.target_rank, self.settings["init_rank"])
+
+    def dora_config(self) -> DoraConfig:
+        """The library config at this run's T (raises ValueError naming a field)."""
+        return DoraConfig(total_steps=self.total_steps, **self.settings)
+
+
+@dataclass(frozen=True)
+class OptimPlan:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float
+    head_lr: float | None  # the task head's own peak rate; None: lr
+    weight_decay: float
+    scheduler: str  # a transformers scheduler name
+    warmup_steps: int
+    grad_clip: float | None
+
+
+@dataclass(frozen=True)
 class Plan:
-    job: JobConfig
+    """One run, fully resolved."""
+
+    name: str  # shown in the dashboard and the logs
+    record: dict[str, Any]  # the job as JSON: job.json and the API's copy
     run_dir: Path
     split: Split
     source: ModelSource
-    model_config: Any
-    total_steps: int  # T, optimizer steps
-    micro_per_epoch: int  # micro-batches per epoch on each rank
+    method: MethodPlan
+    optim: OptimPlan
+    seed: int
+    max_length: int
+    batch_size: int  # examples per micro-batch
+    grad_accum: int  # micro-batches per optimizer step
     eval_every: int
     checkpoint_every: int
-    world_size: int
+    report_every: int
+    device: str  # auto / cpu / cuda
+
+    @property
+    def total_steps(self) -> int:
+        return self.method.total_steps
 
     @property
     def num_labels(self) -> int:
         return self.split.train.num_labels
+
+
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def resolve_method(job: JobConfig, total_steps: int) -> MethodPlan:
+    """The method part of the plan (also what export and merge rebuild from a checkpoint)."""
+    return MethodPlan(job.method, total_steps, job.dora_settings())
 
 
 def field_error(exc: ValueError, default_field: str) -> JobConfigError:
@@ -68,15 +126,15 @@ def run_in_use(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINTS_DIR).is_dir() or (metrics.exists() and metrics.stat().st_size > 0)
 
 
-def count_steps(job: JobConfig, num_train: int, world_size: int) -> tuple[int, int]:
-    """(T, micro-batches per epoch): max_steps, or ceil(epochs * micro-batches / grad_accum)."""
-    micro = BatchPlan(num_train, job.batch_size, job.seed, world_size).per_epoch
+def count_steps(job: JobConfig, num_train: int, world_size: int) -> int:
+    """T: max_steps, or ceil(epochs * micro-batches per epoch / grad_accum)."""
     if job.max_steps is not None:
-        return job.max_steps, micro
-    return max(1, math.ceil(job.epochs * micro / job.grad_accum)), micro
+        return job.max_steps
+    micro = BatchPlan(num_train, job.batch_size, job.seed, world_size).per_epoch
+    return max(1, math.ceil(job.epochs * micro / job.grad_accum))
 
 
-def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> Any:
+def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> None:
     try:
         config = load_config(source)
     except (OSError, ValueError) as exc:
@@ -99,8 +157,8 @@ def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> Any:
             ]
         )
     config.num_labels = num_labels
-    if job.method == "full":
-        return config
+    if not METHODS[job.method].adapter:
+        return
     from transformers import AutoModelForSequenceClassification
 
     from dora_core.targets import find_targets
@@ -111,16 +169,15 @@ def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> Any:
         find_targets(skeleton, job.target_modules)
     except ValueError as exc:
         raise field_error(exc, "target_modules") from None
-    return config
 
 
-def _check_schedule(job: JobConfig, total_steps: int) -> None:
-    if job.method not in ("dora", "adalora"):
+def _check_schedule(spec: MethodPlan) -> None:
+    """A pruning method's DoraConfig at this T: the one place the phase rule is checked."""
+    if not METHODS[spec.name].prunes:
         return
-    from dora_core.worker.train.methods import dora_config
-
+    total_steps = spec.total_steps
     try:
-        dora_config(job, total_steps)
+        spec.dora_config()
     except ValueError as exc:
         error = field_error(exc, "max_steps")
         field, msg = error.errors[0]
@@ -130,9 +187,15 @@ def _check_schedule(job: JobConfig, total_steps: int) -> None:
 
 
 def prepare(
-    job: JobConfig, run_dir: Path | None = None, *, resume: bool = False, world_size: int = 1
+    job: JobConfig,
+    run_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    world_size: int = 1,
+    report_every: int | None = None,
 ) -> Plan:
-    """Check the job against this machine and work out the run; raises JobConfigError."""
+    """Check the job against this machine and resolve the run; raises JobConfigError.
+    ``report_every`` overrides the job's (the launcher's ``--report-every``)."""
     run_dir = Path(run_dir or job.output_dir or default_run_dir(job))
     if not resume and run_in_use(run_dir):
         raise JobConfigError(
@@ -170,19 +233,32 @@ def prepare(
             ]
         )
     source = resolve_model(job.model)
-    model_config = _check_model(job, source, data.num_labels)
-    total_steps, micro = count_steps(job, len(split.train), world_size)
-    _check_schedule(job, total_steps)
+    _check_model(job, source, data.num_labels)
+    total_steps = count_steps(job, len(split.train), world_size)
+    spec = resolve_method(job, total_steps)
+    _check_schedule(spec)
     eval_every = job.eval_every or max(1, total_steps // 10)
     return Plan(
-        job=job,
+        name=job.display_name,
+        record=job.model_dump(mode="json"),
         run_dir=run_dir,
         split=split,
         source=source,
-        model_config=model_config,
-        total_steps=total_steps,
-        micro_per_epoch=micro,
+        method=spec,
+        optim=OptimPlan(
+            lr=job.lr,
+            head_lr=job.head_lr,
+            weight_decay=job.weight_decay,
+            scheduler=SCHEDULERS[job.lr_scheduler],
+            warmup_steps=round(job.warmup_ratio * total_steps),
+            grad_clip=job.grad_clip,
+        ),
+        seed=job.seed,
+        max_length=job.max_length,
+        batch_size=job.batch_size,
+        grad_accum=job.grad_accum,
         eval_every=eval_every,
         checkpoint_every=job.checkpoint_every or eval_every,
-        world_size=world_size,
+        report_every=report_every or job.report_every,
+        device=job.device,
     )
