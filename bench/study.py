@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     for failure in summary["failures"]:
         print(f"study: failed: {failure}", file=sys.stderr)
     if not args.no_report:
-        from bench.study_report import write_report
+        from bench.report import write_report
 
         path = write_report(args.results)
         print(f"report: {path}")

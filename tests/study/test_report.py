@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench import study_report
+from bench import report as study_report
 from bench.study_grid import FULL, Cell, DatasetPlan, Grid
 
 TYPES = [
