@@ -8,13 +8,27 @@ imports ``backend``: it may run on another machine.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import threading
+from typing import Any, TypedDict
 
 import httpx
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+from dashboard.settings import DashboardSettings
+
+
+class Method(TypedDict):
+    """One training method as ``GET /api/methods`` describes it."""
+
+    name: str
+    prunes: bool  # components are scored and removed while training (a budget curve)
+    adapter: bool  # trains an adapter (False: every weight, so no ranks to show)
+    description: str
+
+
+# /api/methods per API base URL: it never changes while a process runs, so it is
+# fetched once (a failed fetch is not kept: the next call asks again)
+_METHODS: dict[str, dict[str, Method]] = {}
+_METHODS_LOCK = threading.Lock()
 
 
 class ApiError(Exception):
@@ -79,8 +93,9 @@ def _params(**kwargs: Any) -> dict[str, Any]:
 class ApiClient:
     """Typed wrappers over the endpoints of docs/protocol.md.
 
-    ``token`` (default: ``DORA_API_TOKEN``) is sent as a bearer token on write
-    calls only, which is where the API asks for it.
+    ``base_url`` defaults to ``DORA_API_URL`` and ``token`` to ``DORA_API_TOKEN``
+    (``dashboard.settings``); the token is sent as a bearer token on write calls
+    only, which is where the API asks for it.
     """
 
     def __init__(
@@ -89,8 +104,12 @@ class ApiClient:
         token: str | None = None,
         timeout: float = 10.0,
     ):
-        self.base_url = (base_url or os.environ.get("DORA_API_URL") or DEFAULT_API_URL).rstrip("/")
-        self.token = token if token is not None else (os.environ.get("DORA_API_TOKEN") or None)
+        if not base_url or token is None:
+            settings = DashboardSettings()
+            base_url = base_url or settings.api_url
+            token = settings.api_token if token is None else token
+        self.base_url = base_url.rstrip("/")
+        self.token = token or None
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -138,6 +157,17 @@ class ApiClient:
 
     def job_schema(self) -> dict:
         return self._request("GET", "/jobs/schema")
+
+    def methods(self) -> dict[str, Method]:
+        """The training methods by name, in the API's order: which prune, which train
+        an adapter. Fetched once per API for the life of the process."""
+        with _METHODS_LOCK:
+            known = _METHODS.get(self.base_url)
+        if known is None:
+            known = {m["name"]: m for m in self._request("GET", "/methods")}
+            with _METHODS_LOCK:
+                _METHODS[self.base_url] = known
+        return dict(known)
 
     # --- runs ---
     def runs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> dict:

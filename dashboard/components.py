@@ -11,7 +11,8 @@ from datetime import datetime
 
 from dash import dcc, html
 
-from dashboard.api import FINAL_STATUSES, ApiError
+from dashboard.api import ApiError
+from dora_core.contracts.wire import FINAL_STATUSES
 
 METHOD_LABELS = {"dora": "DoRA", "lora": "LoRA", "adalora": "AdaLoRA", "full": "full fine-tuning"}
 GRAPH_CONFIG = {"displaylogo": False}

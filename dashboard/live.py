@@ -93,10 +93,6 @@ def importance_patch(delta: dict) -> Patch:
     return patch
 
 
-def last_step(steps: list[int], cursor: int | None) -> int | None:
-    return steps[-1] if steps else cursor
-
-
 def slider_follow(value: int | None, old_latest: int | None, new_latest: int | None) -> int | None:
     """Where the step slider goes when new steps arrive: it follows the live
     end if it was there (or unset); a person looking at the past stays put."""

@@ -12,8 +12,7 @@ import threading
 
 from dashboard.api import ApiClient, ApiError
 from dora_core.contracts.params import component_size, live_params  # noqa: F401 (re-exported)
-
-GATED = frozenset({"dora", "adalora"})
+from dora_core.contracts.wire import PRUNING_METHODS
 
 
 def live_adapter_params(method: str | None, modules: list[dict], matrix: dict) -> int | None:
@@ -35,7 +34,7 @@ def live_adapter_params(method: str | None, modules: list[dict], matrix: dict) -
                 return None
             counted.append((live, shapes[name]))
             seen.add(name)
-    return live_params(counted, gated=method in GATED) if seen == set(shapes) else None
+    return live_params(counted, gated=method in PRUNING_METHODS) if seen == set(shapes) else None
 
 
 class LiveParams:

@@ -15,8 +15,9 @@ from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import jobform
 from dashboard.params import LiveParams
+from dora_core.contracts.wire import RUN_STATUSES
 
-STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
+STATUSES = list(RUN_STATUSES)
 # (sort key, column title); None = a column that does not sort
 COLUMNS: list[tuple[str | None, str]] = [
     (None, ""),
@@ -108,6 +109,15 @@ def _fetch(client: ApiClient) -> dict:
         "error": None,
         "unreachable": False,
     }
+
+
+def method_options(client: ApiClient) -> list[dict]:
+    """The method filter's choices, as the API lists its methods; none while it cannot say."""
+    try:
+        methods = client.methods()
+    except ApiError:
+        return []
+    return [{"label": ui.method_label(name), "value": name} for name in methods]
 
 
 def _header_cell(key: str | None, title: str, sort: dict) -> html.Th:
@@ -254,10 +264,7 @@ def layout(client: ApiClient, new_job: bool = False) -> html.Div:
                     ),
                     dcc.Dropdown(
                         id="runs-method",
-                        options=[
-                            {"label": ui.method_label(m), "value": m}
-                            for m in ("dora", "lora", "adalora", "full")
-                        ],
+                        options=method_options(client),
                         multi=True,
                         placeholder="Any method",
                         className="filter-dropdown",
@@ -303,6 +310,16 @@ def register(app: Dash, client: ApiClient) -> None:
     )
     def _table(data, query, statuses, methods, sort, selected):
         return render_table(data or {}, query, statuses, methods, sort, selected)
+
+    @app.callback(
+        Output("runs-method", "options"),
+        Input("runs-data", "data"),
+        State("runs-method", "options"),
+        prevent_initial_call=True,
+    )
+    def _methods(_data, options):
+        # the API was down when the page was drawn: fill the filter once it answers
+        return no_update if options else method_options(client)
 
     @app.callback(
         Output("runs-sort-state", "data"),

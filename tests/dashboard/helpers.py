@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from typing import Any
 
 from dash import Patch
+
+from dora_core.contracts.wire import METHODS as WIRE_METHODS
+
+# what GET /api/methods answers (the API serves dora_core.contracts.wire.METHODS), by name
+METHODS: dict[str, Any] = {name: asdict(info) for name, info in WIRE_METHODS.items()}
 
 
 def texts(component: Any) -> list[str]:

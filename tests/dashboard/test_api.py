@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
-from dashboard.api import ApiClient, error_from_response
+from dashboard.api import ApiClient, ApiError, error_from_response
 
 
 def _response(status: int, **kwargs) -> httpx.Response:
@@ -45,3 +46,31 @@ def test_the_token_comes_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("DORA_API_URL", "http://api.example:8000/")
     client = ApiClient()
     assert client.token == "from-env" and client.base_url == "http://api.example:8000"
+
+
+def test_methods_are_fetched_once_per_api_for_the_process() -> None:
+    asked: list[str] = []
+    answer = [
+        {"name": "a", "prunes": True, "adapter": True, "description": "x"},
+        {"name": "b", "prunes": False, "adapter": False, "description": "y"},
+    ]
+    fail = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if fail[0]:
+            return httpx.Response(503, json={"detail": "starting up"})
+        return httpx.Response(200, json=answer)
+
+    def client() -> ApiClient:
+        api = ApiClient("http://methods.test", token="")
+        api._http = httpx.Client(base_url=api.base_url, transport=httpx.MockTransport(handler))
+        return api
+
+    with pytest.raises(ApiError):
+        client().methods()  # a failed answer is not kept
+    fail[0] = False
+    first = client().methods()
+    assert list(first) == ["a", "b"] and first["b"]["adapter"] is False
+    assert client().methods() == first  # another client of the same API: no request
+    assert asked == ["/api/methods", "/api/methods"]

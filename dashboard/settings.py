@@ -1,0 +1,56 @@
+"""The dashboard process's settings: every ``DORA_*`` variable it reads, parsed once.
+
+``python -m dashboard.app`` reads them at start and stops with one line
+naming the variable (exit status 2) when a value cannot be used; the pages
+and the API client get them from here, never from ``os.environ`` themselves.
+An empty variable counts as unset (its default applies). docs/protocol.md
+lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DORA_"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+# how often a live run is polled; lower it (ms) to see fast jobs in more frames
+DEFAULT_POLL_MS = 1500
+
+
+class DashboardSettings(BaseSettings):
+    """``DORA_<FIELD>`` for each field, e.g. ``DORA_DASH_PORT`` for ``dash_port``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True)
+
+    # the telemetry API the dashboard reads from and acts on
+    api_url: str = DEFAULT_API_URL
+    # sent as a bearer token on write calls, where the API asks for one
+    api_token: str | None = Field(default=None, repr=False)
+    # where the dashboard itself listens
+    dash_host: str = "127.0.0.1"
+    dash_port: int = Field(default=8050, ge=1, le=65535)
+    # Host names served besides loopback ones (comma-separated; against DNS rebinding)
+    dash_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
+    dash_poll_ms: int = Field(default=DEFAULT_POLL_MS, gt=0)
+
+    @field_validator("dash_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(h.strip().lower() for h in value.split(",")) - {""}
+        return value
+
+
+def settings_error(err: ValidationError) -> str:
+    """One line for a person: each bad variable by its environment name, value and problem."""
+    parts = []
+    for item in err.errors():
+        field = str(item["loc"][0]) if item.get("loc") else ""
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "the dashboard's settings"
+        value = item.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        parts.append(f"{name}{shown}: {item['msg']}")
+    return "; ".join(parts) + " (unset it or fix it)"
