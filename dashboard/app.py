@@ -1,38 +1,48 @@
 """Dash application shell: `python -m dashboard.app`.
 
 Only the frame lives here: the top bar, the URL router and the wiring of the
-pages (``dashboard/pages``), which own their layouts and callbacks. Every
-URL is bookmarkable: ``/``, ``/runs/<id>``, ``/compare?runs=1,2``.
+pages (``dashboard/pages``), which own their layouts and callbacks, and of the
+download route (``dashboard/downloads``). Every URL is bookmarkable: ``/``,
+``/runs/<id>``, ``/compare?runs=1,2``. Settings come from the environment
+(``dashboard.settings``); a bad value stops the process with one line, exit 2.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 import flask
 from dash import Dash, Input, Output, dcc, html
+from pydantic import ValidationError
 
 from dashboard import components as ui
+from dashboard import downloads
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, run, runs
+from dashboard.settings import DEFAULT_POLL_MS, DashboardSettings, settings_error
 from dora_core.contracts.hosts import is_loopback_host
 
 HEALTH_MS = 10_000
 _RUN_PATH = re.compile(r"^/runs/(\d+)/?$")
 
 
-def route(client: ApiClient, pathname: str | None, search: str | None) -> tuple[Any, str]:
+def route(
+    client: ApiClient,
+    pathname: str | None,
+    search: str | None,
+    poll_ms: int = DEFAULT_POLL_MS,
+) -> tuple[Any, str]:
     """(page content, document title) for a URL."""
     path = pathname or "/"
     if path in ("/", "/runs", "/runs/"):
         return runs.layout(client, new_job="new=1" in (search or "")), "Runs · DoRA"
     match = _RUN_PATH.match(path)
     if match:
-        return run.layout(client, int(match.group(1))), f"Run {match.group(1)} · DoRA"
+        return run.layout(client, int(match.group(1)), poll_ms), f"Run {match.group(1)} · DoRA"
     if path.rstrip("/") == "/compare":
         return compare.layout(client, search), "Compare · DoRA"
     return (
@@ -71,17 +81,20 @@ def allowed_host(host: str, extra: frozenset[str] = frozenset()) -> bool:
     return name in extra or is_loopback_host(name)
 
 
-def create_app(api_url: str | None = None, client: ApiClient | None = None) -> Dash:
-    client = client or ApiClient(api_url)
+def create_app(
+    api_url: str | None = None,
+    client: ApiClient | None = None,
+    settings: DashboardSettings | None = None,
+) -> Dash:
+    settings = settings or DashboardSettings()
+    client = client or ApiClient(api_url or settings.api_url, settings.api_token)
     app = Dash(
         __name__,
         title="DoRA dashboard",
         update_title=None,
         suppress_callback_exceptions=True,  # page components appear after routing
     )
-    extra_hosts = frozenset(
-        h.strip().lower() for h in os.environ.get("DORA_DASH_ALLOWED_HOSTS", "").split(",")
-    ) - {""}
+    extra_hosts = settings.dash_allowed_hosts
 
     @app.server.before_request
     def _named_hosts_only() -> tuple[str, int] | None:
@@ -134,7 +147,7 @@ def create_app(api_url: str | None = None, client: ApiClient | None = None) -> D
         Input("url", "search"),
     )
     def _route(pathname, search):
-        return route(client, pathname, search)
+        return route(client, pathname, search, settings.dash_poll_ms)
 
     @app.callback(Output("api-status", "children"), Input("api-health-tick", "n_intervals"))
     def _health(_n):
@@ -146,19 +159,24 @@ def create_app(api_url: str | None = None, client: ApiClient | None = None) -> D
         Input("doc-title", "children"),
     )
 
+    downloads.register(app.server, client)
     runs.register(app, client)
     run.register(app, client)
     compare.register(app, client)
     return app
 
 
-def main() -> None:
+def main() -> int:
+    try:
+        settings = DashboardSettings()
+    except ValidationError as err:
+        print(f"error: {settings_error(err)}", file=sys.stderr)
+        return 2
     # one request log line per live-update callback would bury `make run`'s output
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    host = os.environ.get("DORA_DASH_HOST", "127.0.0.1")
-    port = int(os.environ.get("DORA_DASH_PORT", "8050"))
-    create_app().run(host=host, port=port, debug=False)
+    create_app(settings=settings).run(host=settings.dash_host, port=settings.dash_port, debug=False)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from dash import html, no_update
 
+import dashboard
+from dashboard import downloads
 from dashboard.api import ApiClient, ApiError
 from dashboard.components import ordinal
 from dashboard.pages import compare, jobform, run, runs
 from tests.conftest import free_port
-from tests.dashboard.helpers import texts
+from tests.dashboard.helpers import METHODS, texts
 
 
 def _run(rid: int, **kw) -> dict:
@@ -108,10 +114,11 @@ def test_a_waiting_job_shows_its_place_in_line_next_to_its_badge() -> None:
     shown = texts(table)
     assert "<b>next</b>" in shown and "2nd in line" in shown
     assert sum("in line" in t for t in shown) == 1
-    line = texts(run.status_line(waiting))
+    dora = METHODS["dora"]
+    line = texts(run.shell.status_line(waiting, method=dora))
     assert line[:2] == ["queued", "2nd in line"]
-    assert "in line" not in " ".join(texts(run.status_line(starting)))
-    assert "in line" not in " ".join(texts(run.status_line(RUNS[0])))
+    assert "in line" not in " ".join(texts(run.shell.status_line(starting, method=dora)))
+    assert "in line" not in " ".join(texts(run.shell.status_line(RUNS[0], method=dora)))
 
 
 @pytest.mark.parametrize(
@@ -268,30 +275,36 @@ def test_compare_rows_metrics_and_average_live_rank() -> None:
 
 def test_run_page_phase_marks_and_selection() -> None:
     r = _run(1, total_steps=200, config={"warmup_frac": 0.1, "final_frac": 0.4})
-    assert run.phase_of(r) == pytest.approx((20.0, 120.0))
-    assert run.slider_marks(r) == {0: "0", 20: "pruning starts", 120: "mask frozen", 200: "200"}
-    assert run.phase_of({**r, "method": "lora"}) is None
+    dora, lora = METHODS["dora"], METHODS["lora"]
+    assert run.common.phase_of(r, method=dora) == pytest.approx((20.0, 120.0))
+    assert run.ranks.slider_marks(r, method=dora) == {
+        0: "0",
+        20: "pruning starts",
+        120: "mask frozen",
+        200: "200",
+    }
+    assert run.common.phase_of({**r, "method": "lora"}, method=lora) is None
     modules = [
         {"index": 0, "name": "l.0.q", "layer": 0, "type": "q", "shape": [4, 4], "rank": 6},
         {"index": 1, "name": "l.1.q", "layer": 1, "type": "q", "shape": [4, 4], "rank": 6},
         {"index": 2, "name": "pooler", "layer": None, "type": "pooler", "shape": [4, 4], "rank": 6},
     ]
-    values = [o["value"] for o in run.module_options(modules)]
+    values = [o["value"] for o in run.importance.module_options(modules)]
     assert values == ["layer:0", "layer:1", "module:l.0.q", "module:l.1.q", "module:pooler"]
-    assert run.parse_selection("layer:1") == {"layer": 1}
-    assert run.parse_selection("module:l.0.q") == {"module": "l.0.q"}
-    assert run.parse_selection("layer:x") == {}
+    assert run.importance.parse_selection("layer:1") == {"layer": 1}
+    assert run.importance.parse_selection("module:l.0.q") == {"module": "l.0.q"}
+    assert run.importance.parse_selection("layer:x") == {}
 
 
 def test_failure_box_shows_error_exit_status_and_log_as_text() -> None:
     r = _run(
         1, status="failed", error="<script>alert(1)</script> CUDA out of memory", exit_code=137
     )
-    shown = texts(run.failure_box(r, ["line 1", "Killed"]))
+    shown = texts(run.shell.failure_box(r, ["line 1", "Killed"]))
     assert "<script>alert(1)</script> CUDA out of memory" in shown
     assert "Worker exit status 137." in shown
     assert "line 1\nKilled" in shown
-    assert run.failure_box(_run(1), []) is None
+    assert run.shell.failure_box(_run(1), []) is None
 
 
 def test_events_newest_first_as_text() -> None:
@@ -300,25 +313,25 @@ def test_events_newest_first_as_text() -> None:
         {"step": 30, "kind": "prune", "message": "pruned to 215 live components (target 215)"},
         {"step": 210, "kind": "mask_frozen", "message": "<b>mask</b> frozen with 144 live"},
     ]
-    table = run.events_table(events)
+    table = run.events.events_table(events)
     rows = [[texts(td)[0] for td in tr.children] for tr in table.children.children[1].children]
     assert rows == [
         ["210", "mask frozen", "<b>mask</b> frozen with 144 live"],
         ["30", "prune", "pruned to 215 live components (target 215)"],
         ["0", "started", "dora on minilm / rt-snippets: 300 steps"],
     ]
-    assert "No events yet." in texts(run.events_table([]))
+    assert "No events yet." in texts(run.events.events_table([]))
     down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")
-    assert any("cannot reach the API" in t for t in texts(run.events(down, _run(1))))
+    assert any("cannot reach the API" in t for t in texts(run.events.events(down, _run(1))))
 
 
 def test_play_button_and_frames() -> None:
     # pressing play at the live end restarts from 0; pressing again stops
-    assert run.play_toggle(False, 100, 100) == (False, "❚❚ Pause", 0)
-    assert run.play_toggle(False, 40, 100) == (False, "❚❚ Pause", no_update)
-    assert run.play_toggle(True, 40, 100) == (True, "▶ Replay", no_update)
-    assert run.play_step(0, 400) == (10, False, "❚❚ Pause")
-    assert run.play_step(395, 400) == (400, True, "▶ Replay")
+    assert run.ranks.play_toggle(False, 100, 100) == (False, "❚❚ Pause", 0)
+    assert run.ranks.play_toggle(False, 40, 100) == (False, "❚❚ Pause", no_update)
+    assert run.ranks.play_toggle(True, 40, 100) == (True, "▶ Replay", no_update)
+    assert run.ranks.play_step(0, 400) == (10, False, "❚❚ Pause")
+    assert run.ranks.play_step(395, 400) == (400, True, "▶ Replay")
 
 
 def test_summary_names_the_budget_in_average_rank() -> None:
@@ -329,10 +342,15 @@ def test_summary_names_the_budget_in_average_rank() -> None:
         num_modules=36,
         budget={"step": 50, "target": 180, "live": 171},
     )
-    items = dict(run.summary_items(r))
+    items = dict(run.shell.summary_items(r, method=METHODS["dora"]))
     assert items["b(T) / r'"] == "4 / 6"
     assert items["live avg rank"] == "4.75"  # 171 / 36
-    assert isinstance(run.status_line(r), html.Div)
+    assert isinstance(run.shell.status_line(r, method=METHODS["dora"]), html.Div)
+    # what the API says of a method decides the line: a fixed rank, or nothing for full
+    lora = dict(run.shell.summary_items({**r, "method": "lora"}, method=METHODS["lora"]))
+    assert lora["rank"] == "4" and "b(T) / r'" not in lora
+    full = dict(run.shell.summary_items({**r, "method": "full"}, method=METHODS["full"]))
+    assert "rank" not in full and "b(T) / r'" not in full
 
 
 def test_api_down_gives_a_message_not_a_traceback() -> None:
@@ -347,8 +365,30 @@ def test_api_down_gives_a_message_not_a_traceback() -> None:
 def test_full_fine_tuning_and_unregistered_runs_say_why_there_is_no_heatmap() -> None:
     down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")  # never called for these
     full = _run(1, method="full")
-    fig, label = run.heatmap(down, full, None, None)
+    fig, label = run.ranks.heatmap(down, full, None, None, method=METHODS["full"])
     assert "no adapter ranks" in fig.layout.annotations[0].text and label == ""
-    fig, cursor = run.importance(down, _run(2, num_modules=0), None, None)
+    fig, cursor = run.importance.importance(
+        down, _run(2, num_modules=0), None, None, method=METHODS["dora"]
+    )
     assert "once the worker has built the model" in fig.layout.annotations[0].text
     assert cursor is None
+
+
+def test_every_dashboard_module_stays_under_600_lines() -> None:
+    root = Path(dashboard.__file__).parent
+    lines = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in root.rglob("*.py")}
+    assert {name: n for name, n in lines.items() if n > 600} == {}
+
+
+def test_the_dashboard_imports_no_torch_backend_or_worker() -> None:
+    code = (
+        "import sys, dashboard.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'backend') "
+        "or m.startswith('dora_core.worker')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_download_button_points_at_the_dashboards_own_route() -> None:
+    assert downloads.adapter_href(12) == "/download/runs/12/adapter.zip"

@@ -11,15 +11,23 @@ import os
 import pytest
 from dash import no_update
 
+from dashboard import downloads
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, jobform, run, runs
 from tests.conftest import free_port
 from tests.dashboard import simulate
 from tests.dashboard.conftest import start_server, stop_server
-from tests.dashboard.helpers import apply_patch, graphs, texts
+from tests.dashboard.helpers import METHODS, apply_patch, graphs, texts
 from tests.dashboard.simulate import SimulatedRun
 
 pytestmark = pytest.mark.slow
+
+
+def test_methods_come_from_the_api(client: ApiClient) -> None:
+    assert client.methods() == METHODS
+    options = runs.method_options(client)
+    assert [o["value"] for o in options] == list(METHODS)
+    assert runs.method_options(ApiClient(f"http://127.0.0.1:{free_port()}", token="")) == []
 
 
 def test_runs_list_shows_a_run_and_delete_removes_it(api_url: str, client: ApiClient) -> None:
@@ -47,41 +55,42 @@ def test_live_budget_scalars_and_importance_append_only_new_points(
     sim = SimulatedRun(api_url)
     sim.post([0, 5, 10, 15])
     state = client.run(sim.id)
+    dora = client.methods()["dora"]
 
-    budget_fig, budget_cursor = run.budget(client, state, None)
+    budget_fig, budget_cursor = run.budget.budget(client, state, None, method=dora)
     # live counts 36, 36, 33, 27 over L = 6 modules
     assert budget_fig.data[1].y == pytest.approx((6.0, 6.0, 5.5, 4.5))
     assert budget_cursor == 15
     # pruning phase of T = 40: [0.15 T, T - 0.5 T] = [6, 20]
     assert (budget_fig.layout.shapes[0].x0, budget_fig.layout.shapes[0].x1) == (6.0, 20.0)
 
-    loss_fig, metrics_fig, _opt, scalar_cursor = run.scalars(client, state, None)
+    loss_fig, metrics_fig, _opt, scalar_cursor = run.curves.scalars(client, state, None)
     assert list(loss_fig.data[0].y) == [simulate.LOSS[s] for s in (0, 5, 10, 15)]
     assert len(metrics_fig.data) == 0  # no eval yet
 
-    imp_fig, imp_cursor = run.importance(client, state, "layer:1", None)
+    imp_fig, imp_cursor = run.importance.importance(client, state, "layer:1", None, method=dora)
     assert len(imp_fig.data[0].y) == 2 * simulate.R  # query and value of layer 1
     assert imp_cursor == {"selection": "layer:1", "step": 15}
 
     # nothing new yet: nothing is sent to the browser
-    assert run.budget(client, state, budget_cursor) == (no_update, no_update)
+    assert run.budget.budget(client, state, budget_cursor, method=dora) == (no_update, no_update)
 
     sim.post([20, 25, 30, 35, 40], finish=True)
     state = client.run(sim.id)
 
-    patch, budget_cursor = run.budget(client, state, budget_cursor)
+    patch, budget_cursor = run.budget.budget(client, state, budget_cursor, method=dora)
     patched = apply_patch(budget_fig.to_plotly_json(), patch)
     assert patched["data"][1]["x"] == simulate.STEPS
     assert patched["data"][1]["y"] == pytest.approx([6, 6, 5.5, 4.5, 4, 4, 4, 4, 4])
     assert budget_cursor == 40
 
     # eval/accuracy is a new key: the figures are redrawn whole, with both evals
-    loss_fig, metrics_fig, _opt, scalar_cursor = run.scalars(client, state, scalar_cursor)
+    loss_fig, metrics_fig, _opt, scalar_cursor = run.curves.scalars(client, state, scalar_cursor)
     assert [t.name for t in metrics_fig.data] == ["eval/accuracy"]
     assert list(metrics_fig.data[0].x) == [20, 40] and list(metrics_fig.data[0].y) == [0.7, 0.8]
     assert list(loss_fig.data[0].x) == simulate.STEPS
 
-    patch, imp_cursor = run.importance(client, state, "layer:1", imp_cursor)
+    patch, imp_cursor = run.importance.importance(client, state, "layer:1", imp_cursor, method=dora)
     patched = apply_patch(imp_fig.to_plotly_json(), patch)
     assert patched["data"][0]["x"] == simulate.STEPS
     # layer 1 value is module 3: live 6, 6, 5, 3, then 2 -> component #2 is pruned from step 20
@@ -95,12 +104,13 @@ def test_live_budget_scalars_and_importance_append_only_new_points(
 def test_rank_heatmap_at_a_past_step_and_the_latest(api_url: str, client: ApiClient) -> None:
     sim = SimulatedRun(api_url).complete()
     state = client.run(sim.id)
-    fig, label = run.heatmap(client, state, step=12, latest=40)
+    dora = client.methods()["dora"]
+    fig, label = run.ranks.heatmap(client, state, step=12, latest=40, method=dora)
     # step 12 was not recorded: the nearest at or before it is 10
     assert [list(r) for r in fig.data[0].z] == simulate.live_matrix(10)
     assert (fig.data[0].zmin, fig.data[0].zmax) == (0, simulate.R)
     assert "step 10" in label and "latest is 40" in label
-    fig, label = run.heatmap(client, state, step=40, latest=40)
+    fig, label = run.ranks.heatmap(client, state, step=40, latest=40, method=dora)
     assert [list(r) for r in fig.data[0].z] == [[6, 3], [5, 2], [5, 3]]
     assert "the latest" in label
 
@@ -109,25 +119,26 @@ def test_poll_stops_once_the_finished_run_is_drawn(api_url: str, client: ApiClie
     sim = SimulatedRun(api_url)
     sim.post([0, 5])
     running = client.run(sim.id)
-    assert run.poll(client, running) == (no_update, False, None)  # live, unchanged
+    assert run.shell.poll(client, running) == (no_update, False, None)  # live, unchanged
     sim.post([10, 15, 20, 25, 30, 35, 40], finish=True)
-    new, disabled, _ = run.poll(client, running)
+    new, disabled, _ = run.shell.poll(client, running)
     assert new["status"] == "completed" and new["step"] == 40
     assert disabled is False  # the last steps still have to be drawn
-    assert run.poll(client, new) == (no_update, True, None)
+    assert run.shell.poll(client, new) == (no_update, True, None)
 
 
 def test_slider_follows_the_live_end(api_url: str, client: ApiClient) -> None:
     sim = SimulatedRun(api_url)
     sim.post([0, 5, 10])
     state = client.run(sim.id)
-    top, marks, value, latest = run.follow_slider(state, 10, 10)
+    dora = client.methods()["dora"]
+    top, marks, value, latest = run.ranks.follow_slider(state, 10, 10, method=dora)
     assert (top, value, latest) == (40, no_update, 10)
     assert marks == {0: "0", 6: "pruning starts", 20: "mask frozen", 40: "40"}
     sim.post([15])
     state = client.run(sim.id)
-    assert run.follow_slider(state, 10, 10)[2] == 15  # was at the end: moves on
-    assert run.follow_slider(state, 5, 10)[2] is no_update  # looking back: stays
+    assert run.ranks.follow_slider(state, 10, 10, method=dora)[2] == 15  # was at the end: moves on
+    assert run.ranks.follow_slider(state, 5, 10, method=dora)[2] is no_update  # looking back: stays
 
 
 def test_job_form_shows_the_apis_422_next_to_each_field(api_url: str, client: ApiClient) -> None:
@@ -176,7 +187,7 @@ def test_compare_with_a_missing_run_and_too_few_runs(api_url: str, client: ApiCl
 
 def test_download_without_an_adapter_says_why(api_url: str, client: ApiClient) -> None:
     sim = SimulatedRun(api_url)
-    resp = run.download_route(client, sim.id)
+    resp = downloads.adapter_zip(client, sim.id)
     assert resp.status_code == 404
     assert "adapter" in resp.get_data(as_text=True)
 
@@ -191,7 +202,9 @@ def test_failed_run_shows_its_error_line(api_url: str, client: ApiClient) -> Non
     )
     resp.raise_for_status()
     state = client.run(sim.id)
-    status, cancel_style, _download, failure = run.header(client, state)
+    status, cancel_style, _download, failure = run.shell.header(
+        client, state, method=client.methods()["dora"]
+    )
     assert state["status"] == "failed"
     assert error in texts(failure)  # as text, with its HTML shown, not rendered
     assert cancel_style == {"display": "none"}  # nothing left to cancel
@@ -209,11 +222,11 @@ def test_submit_opens_the_new_run_and_cancel_stops_it(api_url: str, client: ApiC
     run_id = int(path.removeprefix("/runs/"))
     state = client.run(run_id)
     assert state["name"] == "cancel me" and state["config"]["max_steps"] == 500
-    updated, message = run.cancel(client, state)
+    updated, message = run.shell.cancel(client, state)
     assert updated["status"] == "cancelled"
     assert "Cancel requested" in " ".join(texts(message))
     # a second click: the API says why not, in words
-    again, message = run.cancel(client, updated)
+    again, message = run.shell.cancel(client, updated)
     assert again is no_update and "already cancelled" in " ".join(texts(message))
 
 

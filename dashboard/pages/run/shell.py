@@ -1,0 +1,238 @@
+"""The run page's frame: title and actions (compare, download, cancel), the
+status line, banners, the failure box, and the poll that drives every card.
+
+One poll (``GET /api/runs/<id>``) per tick writes the run into ``run-state``;
+the cards listen to that store. The poll stops once the run has ended and its
+last step has been seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from dashboard import components as ui
+from dashboard.api import ApiClient, ApiError, Method
+from dashboard.downloads import adapter_href
+from dashboard.pages.run.common import method_of, prunes
+from dashboard.settings import DEFAULT_POLL_MS
+
+LOG_TAIL = 15
+
+
+def summary_items(run: dict, *, method: Method | None) -> list[tuple[str, str]]:
+    """(label, value) pairs under the title: method, data, budget, params, best metric."""
+    config = run.get("config") or {}
+    items = [
+        ("method", ui.method_label(run.get("method"))),
+        ("model", run.get("model") or "–"),
+        ("dataset", run.get("dataset") or "–"),
+    ]
+    if prunes(method):
+        items.append(
+            (
+                "b(T) / r'",
+                f"{run.get('target_rank') or config.get('target_rank', '–')} / {run.get('init_rank') or '–'}",
+            )
+        )
+    elif method and method["adapter"]:
+        items.append(("rank", str(run.get("target_rank") or config.get("target_rank", "–"))))
+    budget = run.get("budget")
+    if budget and run.get("num_modules"):
+        items.append(("live avg rank", f"{budget['live'] / run['num_modules']:.2f}"))
+    params = run.get("params") or {}
+    if params.get("adapter") is not None:
+        items.append(("adapter params", ui.fmt_count(params["adapter"])))
+    best = ui.best_metric(run)
+    if best:
+        items.append((f"best {best[0]}", f"{best[1]:.4f}"))
+    items.append(("created", ui.fmt_time(run.get("created_at"))))
+    return items
+
+
+def status_line(run: dict, *, method: Method | None) -> html.Div:
+    return html.Div(
+        [
+            ui.status_badge(run.get("status", "?"), run.get("queue_position")),
+            ui.progress_bar(run.get("step"), run.get("total_steps")),
+            html.Div(
+                [
+                    html.Div(
+                        [html.Span(label, className="k"), html.Span(value, className="v")],
+                        className="kv",
+                    )
+                    for label, value in summary_items(run, method=method)
+                ],
+                className="summary",
+            ),
+        ],
+        className="status-line",
+    )
+
+
+def failure_box(run: dict, log_lines: list[str]) -> html.Div | None:
+    """Why a run failed: its error line, exit status and the worker's last log lines."""
+    if run.get("status") != "failed":
+        return None
+    exit_code = run.get("exit_code")
+    title = run.get("error") or "The run failed without an error line."
+    parts: list[Any] = [html.P(title, className="state-title")]
+    if exit_code is not None:
+        parts.append(html.P(f"Worker exit status {exit_code}."))
+    if log_lines:
+        parts.append(
+            html.Details(
+                [html.Summary("Last log lines"), html.Pre("\n".join(log_lines), className="log")],
+                open=True,
+            )
+        )
+    return html.Div(parts, className="state state-error", role="alert")
+
+
+# --- layout -----------------------------------------------------------------
+
+
+def not_found(run_id: int, err: ApiError) -> html.Div:
+    if err.status == 404:
+        return ui.empty_state(
+            f"Run {run_id} does not exist.",
+            "It may have been deleted.",
+            dcc.Link("Back to all runs", href="/"),
+        )
+    return ui.api_error_state(err)
+
+
+def head(run: dict, *, method: Method | None) -> list[Any]:
+    """Title, actions, status line and the message areas above the cards."""
+    run_id = run["id"]
+    return [
+        html.Div(
+            [
+                html.Div(
+                    [
+                        html.Div(dcc.Link("← all runs", href="/"), className="crumb"),
+                        html.H2(
+                            [
+                                html.Span(f"#{run_id} "),
+                                html.Span(run.get("name") or "", id="run-name"),
+                            ]
+                        ),
+                    ]
+                ),
+                html.Div(
+                    [
+                        dcc.Link(
+                            "Compare…",
+                            href=f"/compare?runs={run_id}",
+                            className="btn btn-secondary",
+                        ),
+                        html.A(
+                            "Download adapter",
+                            id="run-download",
+                            href=adapter_href(run_id),
+                            className="btn btn-secondary",
+                            style={} if run.get("has_adapter") else {"display": "none"},
+                        ),
+                        html.Button(
+                            "Cancel run",
+                            id="run-cancel",
+                            className="btn btn-danger-outline",
+                            style={} if ui.is_live(run) else {"display": "none"},
+                        ),
+                    ],
+                    className="actions",
+                ),
+            ],
+            className="page-head",
+        ),
+        html.Div(status_line(run, method=method), id="run-status"),
+        html.Div(id="run-banner", role="status"),
+        html.Div(id="run-message", role="status"),
+        html.Div(failure_box(run, []), id="run-failure"),
+    ]
+
+
+def state_store(run: dict) -> dcc.Store:
+    """The polled run, which every card listens to."""
+    return dcc.Store(id="run-state", data=run)
+
+
+def poll_timer(run: dict, poll_ms: int = DEFAULT_POLL_MS) -> dcc.Interval:
+    return dcc.Interval(id="run-tick", interval=poll_ms, disabled=not ui.is_live(run))
+
+
+# --- callbacks as plain functions (client first; registered below) ------------
+
+
+def poll(client: ApiClient, state: dict) -> tuple[Any, bool, Any]:
+    """(new run or no_update, tick disabled, banner). Stops once the run has
+    ended and no step arrived since the last poll (late telemetry still lands)."""
+    try:
+        run = client.run(state["id"])
+    except ApiError as err:
+        return no_update, False, ui.api_error_state(err)
+    disabled = not ui.is_live(run) and run.get("step") == state.get("step")
+    return (no_update if run == state else run), disabled, None
+
+
+def header(client: ApiClient, run: dict, *, method: Method | None) -> tuple[Any, dict, dict, Any]:
+    """Status line, cancel and download visibility, failure box."""
+    log_lines: list[str] = []
+    if run.get("status") == "failed":
+        try:
+            log_lines = client.job_log(run["id"], tail=LOG_TAIL)
+        except ApiError:
+            log_lines = []
+    return (
+        status_line(run, method=method),
+        {} if ui.is_live(run) else {"display": "none"},
+        {} if run.get("has_adapter") else {"display": "none"},
+        failure_box(run, log_lines),
+    )
+
+
+def cancel(client: ApiClient, run: dict) -> tuple[Any, Any]:
+    try:
+        updated = client.cancel_job(run["id"])
+    except ApiError as err:
+        return no_update, ui.error_state(f"Could not cancel: {err.message}")
+    return updated, html.P("Cancel requested: the worker checkpoints and stops.", className="note")
+
+
+# --- wiring -------------------------------------------------------------------
+
+
+def register(app: Dash, client: ApiClient) -> None:
+    @app.callback(
+        Output("run-state", "data"),
+        Output("run-tick", "disabled"),
+        Output("run-banner", "children"),
+        Input("run-tick", "n_intervals"),
+        State("run-state", "data"),
+        prevent_initial_call=True,
+    )
+    def _poll(_n, state):
+        return poll(client, state)
+
+    @app.callback(
+        Output("run-status", "children"),
+        Output("run-cancel", "style"),
+        Output("run-download", "style"),
+        Output("run-failure", "children"),
+        Input("run-state", "data"),
+    )
+    def _header(run):
+        return header(client, run, method=method_of(client, run))
+
+    @app.callback(
+        Output("run-state", "data", allow_duplicate=True),
+        Output("run-message", "children", allow_duplicate=True),
+        Input("run-cancel", "n_clicks"),
+        State("run-state", "data"),
+        prevent_initial_call=True,
+    )
+    def _cancel(n_clicks, run):
+        if not n_clicks:  # drawn, not clicked
+            return no_update, no_update
+        return cancel(client, run)
