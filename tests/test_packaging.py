@@ -6,6 +6,7 @@ import importlib.metadata
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +17,19 @@ def test_import_packages(package: str) -> None:
     assert module.__file__ is not None
 
 
-def test_distribution_metadata_pins_torch() -> None:
-    requires = importlib.metadata.requires("dora-toolkit") or []
-    assert "torch==2.13.0" in requires
+def test_distribution_declares_ranges_and_the_constraints_file_pins_torch() -> None:
+    """A user's own torch build is kept (a range); our machines get the exact CPU wheel."""
+    requires = {
+        r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("dora-toolkit")
+    }
+    assert "torch<2.14,>=2.4" in requires or "torch>=2.4,<2.14" in requires
+    assert not any(r.startswith("torch==") for r in requires)
+    assert any(r.startswith("peft") and "<" in r for r in requires)
+    root = Path(__file__).resolve().parent.parent
+    pins = [ln for ln in (root / "constraints.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    assert pins == ["torch==2.13.0"]
+    assert "-c constraints.txt" in (root / "Makefile").read_text()
+    assert "-c constraints.txt" in (root / "Dockerfile").read_text()
 
 
 def test_console_script_is_registered() -> None:
