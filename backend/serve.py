@@ -17,8 +17,16 @@ import sys
 import time
 
 import httpx
+from pydantic import field_validator
 
-from backend.settings import exposure_error
+from backend.settings import (
+    EnvSettings,
+    Port,
+    Settings,
+    SettingsError,
+    blank_is_unset,
+    exposure_error,
+)
 
 # Small enough to show pruning within a minute or two on a 2-core laptop:
 # the pruning phase starts at step 30 and the mask freezes at step 210.
@@ -60,15 +68,34 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
     return False
 
 
-def _auth() -> dict[str, str]:
-    token = os.environ.get("DORA_API_TOKEN")
+class ServeSettings(EnvSettings):
+    """What `make run` reads itself: ``DORA_<FIELD>``; the command line overrides them.
+
+    The API and the dashboard read the rest of their variables in their own
+    processes; ``main`` checks the API's first, so that a bad one stops
+    `make run` with one line instead of an API that never comes up.
+    """
+
+    api_host: str = "127.0.0.1"
+    api_port: Port = 8000
+    dash_port: Port = 8050
+    # sent with the demo job's launch and cancel when the API wants a token
+    api_token: str | None = None
+
+    @field_validator("api_port", "dash_port", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        return blank_is_unset(value)
+
+
+def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _start_demo(api: str, dash_url: str) -> int | None:
+def _start_demo(api: str, dash_url: str, token: str | None = None) -> int | None:
     """Launch the demo job; its run id, so that Ctrl-C can cancel it again."""
     try:
-        resp = httpx.post(f"{api}/api/jobs", json=DEMO_JOB, headers=_auth(), timeout=30.0)
+        resp = httpx.post(f"{api}/api/jobs", json=DEMO_JOB, headers=_auth(token), timeout=30.0)
     except httpx.HTTPError as exc:
         print(f"demo job not started: {exc}")
         return None
@@ -85,7 +112,7 @@ def _start_demo(api: str, dash_url: str) -> int | None:
     return None
 
 
-def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0) -> None:
+def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0, token: str | None = None) -> None:
     """Jobs outlive an API restart on purpose; the demo is ours, so it stops with us.
 
     Waits (while the API is still up) for the worker to checkpoint, send its
@@ -94,7 +121,7 @@ def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0) -> None:
     """
     with contextlib.suppress(httpx.HTTPError):
         run = httpx.get(f"{api}/api/runs/{run_id}", timeout=5.0).json()
-        resp = httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(), timeout=10.0)
+        resp = httpx.post(f"{api}/api/jobs/{run_id}/cancel", headers=_auth(token), timeout=10.0)
         if resp.status_code == 409 or run.get("queue_position") is not None:
             return  # it had already ended, or never started
         print("waiting for the demo job to checkpoint and exit...", flush=True)
@@ -113,21 +140,37 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = ServeSettings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description="Run the DoRA API and dashboard on loopback.")
-    parser.add_argument("--host", default=os.environ.get("DORA_API_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--api-port", type=int, default=int(os.environ.get("DORA_API_PORT", "8000"))
-    )
-    parser.add_argument(
-        "--dash-port", type=int, default=int(os.environ.get("DORA_DASH_PORT", "8050"))
-    )
+    parser.add_argument("--host", default=settings.api_host)
+    parser.add_argument("--api-port", type=int, default=settings.api_port)
+    parser.add_argument("--dash-port", type=int, default=settings.dash_port)
     parser.add_argument(
         "--demo", action="store_true", help="launch a demo DoRA job once the API is up"
     )
     args = parser.parse_args(argv)
-    refusal = exposure_error(args.host, os.environ.get("DORA_API_TOKEN"))
+    api = f"http://{args.host}:{args.api_port}"
+    dash_url = f"http://{args.host}:{args.dash_port}"
+    env = {
+        **os.environ,
+        "DORA_API_URL": api,
+        "DORA_API_HOST": args.host,
+        "DORA_API_PORT": str(args.api_port),
+        "DORA_DASH_HOST": args.host,
+        "DORA_DASH_PORT": str(args.dash_port),
+    }
+    refusal = exposure_error(args.host, settings.api_token)
     if refusal:  # the same rule as `python -m backend`
         print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:  # the API's own settings, as its process will read them
+        Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops cleanly too
     # and Ctrl-C / SIGINT even where it started ignored (a shell script's `make run &`)
@@ -141,16 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-    api = f"http://{args.host}:{args.api_port}"
-    dash_url = f"http://{args.host}:{args.dash_port}"
-    env = {
-        **os.environ,
-        "DORA_API_URL": api,
-        "DORA_API_HOST": args.host,
-        "DORA_API_PORT": str(args.api_port),
-        "DORA_DASH_HOST": args.host,
-        "DORA_DASH_PORT": str(args.dash_port),
-    }
     procs = [
         subprocess.Popen(
             [
@@ -186,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if args.demo:
-            demo_run = _start_demo(api, dash_url)
+            demo_run = _start_demo(api, dash_url, settings.api_token)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a server exited; stopping", file=sys.stderr)
@@ -196,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if demo_run is not None and procs[0].poll() is None:
-            _cancel_demo(api, demo_run)
+            _cancel_demo(api, demo_run, token=settings.api_token)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

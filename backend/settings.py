@@ -1,18 +1,33 @@
 """Settings from the environment, with safe defaults.
 
 Loopback bind, SQLite under ``./data``, no CORS, an 8 MiB body limit, and job
-paths confined to folders under the data dir. Tests build their own instance
-(``Settings(data_dir=tmp_path)``); the server reads ``Settings.from_env()``.
+paths confined to folders under the data dir. The server reads
+``Settings.from_env()`` (the ``DORA_*`` variables and ``DATABASE_URL``,
+docs/protocol.md); tests build their own instance (``Settings(data_dir=tmp_path)``),
+which takes only what it is given and never reads the environment.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from dora_core.contracts.hosts import is_loopback_host
+
+ENV_PREFIX = "DORA_"
 
 
 def exposure_error(host: str, api_token: str | None) -> str | None:
@@ -29,51 +44,199 @@ class SettingsError(ValueError):
     """An environment variable with a value we cannot use (one line, names the variable)."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the API reads from outside. Derived defaults are filled in after init."""
+def blank_is_unset(value: Any) -> Any:
+    """Numbers may carry spaces; a blank one is unset (its default applies)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise PydanticUseDefault()
+    return value
+
+
+Positive = Annotated[int, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(gt=0, le=65535)]
+
+# pydantic's error type -> how the message goes on after ``NAME='value'``.
+_PROBLEMS = {
+    "int_parsing": "is not an integer; unset it or fix it",
+    "int_from_float": "is not an integer; unset it or fix it",
+    "float_parsing": "is not a number; unset it or fix it",
+    "greater_than": "must be positive",
+}
+
+
+class _Environment(EnvSettingsSource):
+    """The variables of ``environ``, each field under its one exact name (``env_name``).
+
+    Values are plain text, never JSON; an empty variable is unset. Fields
+    listed in ``not_from_env`` are left to their defaults.
+    """
+
+    def __init__(self, settings_cls: type[EnvSettings], environ: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.owner = settings_cls
+        self.env_vars = {k: v for k, v in environ.items() if v != ""}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in self.owner.not_from_env:
+            return None, field_name, False
+        key = field.validation_alias if isinstance(field.validation_alias, str) else field_name
+        return self.env_vars.get(self.owner.env_name(field_name)), key, False
+
+
+_S = TypeVar("_S", bound="EnvSettings")
+
+
+class EnvSettings(BaseSettings):
+    """Settings read by ``from_env()`` only: ``DORA_<FIELD>``, or the field's
+    ``validation_alias`` when it has one (the variable's exact name)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+    )
+    # Fields that only code sets (tests, benchmarks): no variable reads them.
+    not_from_env: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment comes in through from_env() alone
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        alias = cls.model_fields[field_name].validation_alias
+        return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field_name.upper()}"
+
+    @classmethod
+    def from_env(cls: type[_S], env: Mapping[str, str] | None = None) -> _S:
+        """Read the variables from ``env`` (default ``os.environ``); raise SettingsError
+        naming each one whose value cannot be used."""
+        values = _Environment(cls, os.environ if env is None else env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(cls._one_line(exc)) from None
+
+    @classmethod
+    def _one_line(cls, exc: ValidationError) -> str:
+        by_alias = {
+            f.validation_alias: name
+            for name, f in cls.model_fields.items()
+            if isinstance(f.validation_alias, str)
+        }
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = cls.env_name(by_alias.get(field, field)) if field else cls.__name__
+            value = error.get("input")
+            if error["type"] == "less_than_equal" and error.get("ctx", {}).get("le") == 65535:
+                problems.append(f"{name}={value} is not a TCP port (1..65535)")
+            else:
+                problem = _PROBLEMS.get(error["type"], error["msg"])
+                problems.append(f"{name}={value!r} {problem}")
+        return "; ".join(problems)
+
+
+class Settings(EnvSettings):
+    """Everything the API reads from outside. Derived defaults are filled in by validation."""
+
+    # Server-side tuning the tests set; no variable for them.
+    not_from_env: ClassVar[frozenset[str]] = frozenset(
+        {"sqlite_busy_timeout_s", "watch_interval_s", "stream_interval_s", "stream_keepalive_s"}
+    )
 
     data_dir: Path = Path("data")
     # Any SQLAlchemy URL; empty: SQLite file <data_dir>/dora.db.
-    database_url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8000
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+    host: str = Field("127.0.0.1", validation_alias="DORA_API_HOST")
+    port: Port = Field(8000, validation_alias="DORA_API_PORT")
     # When set, write endpoints need `Authorization: Bearer <api_token>`;
     # ingest also accepts the run's own token handed to its worker.
-    api_token: str | None = None
-    # Origins allowed by CORS; empty (the default) adds no CORS headers at all.
-    cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = 8 * 1024 * 1024
-    # A job's model/dataset that is not a preset must lie inside one of these.
-    model_roots: tuple[Path, ...] = ()
-    dataset_roots: tuple[Path, ...] = ()
+    api_token: str | None = Field(None, repr=False)
+    # Origins allowed by CORS (comma-separated); empty (the default) adds no CORS headers at all.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    max_body_bytes: Positive = 8 * 1024 * 1024
+    # A job's model/dataset that is not a preset must lie inside one of these (os.pathsep-separated).
+    model_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    dataset_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     # URL handed to workers (DORA_API_URL); empty: http://<host>:<port>, loopback for 0.0.0.0.
     api_url: str = ""
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
-    cancel_grace_s: float = 15.0
+    cancel_grace_s: PositiveSeconds = 15.0
     # Workers this API runs at once; further launches wait in a FIFO queue (see worker_threads).
-    max_jobs: int = 2
+    max_jobs: Positive = 2
     # Launches that may wait for a slot; one beyond it is refused (429) and creates nothing.
-    max_queued: int = 20
+    max_queued: Positive = 20
     # How often the launcher's watcher looks for dead workers, and SSE polls.
     watch_interval_s: float = 1.0
     stream_interval_s: float = 0.5
     stream_keepalive_s: float = 15.0
 
-    def __post_init__(self) -> None:
-        data_dir = Path(self.data_dir).expanduser().resolve()
-        object.__setattr__(self, "data_dir", data_dir)
-        if not self.database_url:
-            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'dora.db'}")
-        if not self.model_roots:
-            object.__setattr__(self, "model_roots", (data_dir / "models",))
-        if not self.dataset_roots:
-            object.__setattr__(self, "dataset_roots", (data_dir / "datasets",))
-        if not self.api_url:
-            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-            host = f"[{host}]" if ":" in host else host
-            object.__setattr__(self, "api_url", f"http://{host}:{self.port}")
+    @field_validator(
+        "port", "max_body_bytes", "cancel_grace_s", "max_jobs", "max_queued", mode="before"
+    )
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return blank_is_unset(value)
+
+    @field_validator("model_roots", "dataset_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        """``DORA_MODEL_ROOTS=/a:/b`` -> (/a, /b), resolved; a sequence passes as it is."""
+        if isinstance(value, str):
+            return tuple(Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_by_default(cls, value: str, info: ValidationInfo) -> str:
+        data_dir = info.data.get("data_dir")
+        if value or data_dir is None:
+            return value
+        return f"sqlite:///{data_dir / 'dora.db'}"
+
+    @field_validator("model_roots", "dataset_roots")
+    @classmethod
+    def _roots_in_data_dir(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
+        data_dir = info.data.get("data_dir")
+        if value or data_dir is None:
+            return value
+        return (data_dir / ("models" if info.field_name == "model_roots" else "datasets"),)
+
+    @field_validator("api_url")
+    @classmethod
+    def _own_url(cls, value: str, info: ValidationInfo) -> str:
+        if value or "host" not in info.data or "port" not in info.data:
+            return value
+        host = info.data["host"]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{info.data['port']}"
 
     @property
     def runs_dir(self) -> Path:
@@ -104,50 +267,3 @@ class Settings:
             return {}
         threads = str(self.worker_threads)
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the DORA_* variables (docs/protocol.md); raise SettingsError naming a bad one."""
-        env = os.environ if env is None else env
-
-        def number(name: str, default: float, kind: type = float) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(
-                    f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}; unset it or fix it"
-                ) from None
-            if value <= 0:
-                raise SettingsError(f"{name}={raw!r} must be positive")
-            return value
-
-        def paths(name: str) -> tuple[Path, ...]:
-            raw = env.get(name, "")
-            return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p)
-
-        port = int(number("DORA_API_PORT", 8000, int))
-        if port > 65535:
-            raise SettingsError(f"DORA_API_PORT={port} is not a TCP port (1..65535)")
-        origins = tuple(o.strip() for o in env.get("DORA_CORS_ORIGINS", "").split(",") if o.strip())
-        return cls(
-            data_dir=Path(env.get("DORA_DATA_DIR") or "data"),
-            database_url=env.get("DATABASE_URL", ""),
-            host=env.get("DORA_API_HOST") or "127.0.0.1",
-            port=port,
-            api_token=env.get("DORA_API_TOKEN") or None,
-            cors_origins=origins,
-            max_body_bytes=int(number("DORA_MAX_BODY_BYTES", 8 * 1024 * 1024, int)),
-            model_roots=paths("DORA_MODEL_ROOTS"),
-            dataset_roots=paths("DORA_DATASET_ROOTS"),
-            api_url=env.get("DORA_API_URL", ""),
-            cancel_grace_s=number("DORA_CANCEL_GRACE_S", 15.0),
-            max_jobs=int(number("DORA_MAX_JOBS", 2, int)),
-            max_queued=int(number("DORA_MAX_QUEUED", 20, int)),
-        )
-
-
-def get_settings() -> Settings:
-    return Settings.from_env()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import REPO_ROOT, free_port
 
@@ -69,6 +70,31 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         except httpx.HTTPError:
             continue
         raise AssertionError(f"port {port} still answers after Ctrl-C")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DORA_MAX_JOBS", "abc"),  # the API's, checked before it starts
+        ("DORA_API_PORT", "x"),
+        ("DORA_DASH_PORT", "99999"),
+    ],
+)
+def test_serve_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.serve"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {variable}=") and value in line
+    assert out.stdout == ""  # nothing was started
 
 
 def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
