@@ -20,6 +20,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.db import Database
@@ -30,22 +31,31 @@ from dora_core.contracts.hosts import is_loopback_host
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
+# Reads ``Authorization: Bearer <token>`` and declares the scheme in the OpenAPI
+# document (/docs gets an Authorize button). It never answers by itself: without
+# DORA_API_TOKEN no token is needed, so the checks below decide.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="DORA_API_TOKEN; a run's register and telemetry calls also take that "
+    "run's ingest token (DORA_INGEST_TOKEN). Needed only when the API has DORA_API_TOKEN.",
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials is not None else None
 
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def require_writer(request: Request) -> None:
+def require_writer(request: Request, credentials: Bearer) -> None:
     """Dependency of write endpoints: the API token when one is configured."""
     expected = request.app.state.settings.api_token
     if expected is None:
         return
-    token = _bearer(request)
+    token = _token(credentials)
     if token is None:
         raise HTTPException(
             401, "this endpoint needs Authorization: Bearer <DORA_API_TOKEN>", _CHALLENGE
@@ -55,13 +65,13 @@ def require_writer(request: Request) -> None:
 
 
 def require_ingest(
-    run_id: RunId, request: Request, db: Annotated[Database, Depends(get_db)]
+    run_id: RunId, request: Request, db: Annotated[Database, Depends(get_db)], credentials: Bearer
 ) -> None:
     """Dependency of a run's worker calls: the API token or that run's ingest token."""
     expected = request.app.state.settings.api_token
     if expected is None:
         return
-    token = _bearer(request)
+    token = _token(credentials)
     if token is None:
         raise HTTPException(
             401, "this endpoint needs Authorization: Bearer <DORA_INGEST_TOKEN>", _CHALLENGE

@@ -151,6 +151,76 @@ def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path) -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("error: DORA_API_PORT='x'")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DORA_MAX_JOBS", "abc"),
+        ("DORA_MAX_QUEUED", "-1"),
+        ("DORA_CANCEL_GRACE_S", "soon"),
+        ("DORA_API_PORT", "70000"),
+    ],
+)
+def test_python_m_backend_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
+    out = subprocess.run(
+        [sys.executable, "-m", "backend"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {variable}=") and value in line
+    assert not (tmp_path / "dora.db").exists()  # stopped before opening anything
+
+
+def test_settings_ignore_blank_numbers_and_read_no_other_names(tmp_path) -> None:
+    s = Settings.from_env(
+        {
+            "DORA_DATA_DIR": str(tmp_path),
+            "DORA_MAX_JOBS": " 3 ",
+            "DORA_API_PORT": "  ",
+            "DORA_API_TOKEN": "",
+            "DORA_DATABASE_URL": "sqlite:///elsewhere.db",  # DATABASE_URL has no prefix
+            "DORA_WATCH_INTERVAL_S": "-1",  # not a variable: tests set it
+            "dora_max_queued": "1",  # names are case-sensitive
+        }
+    )
+    assert (s.max_jobs, s.port, s.api_token, s.max_queued) == (3, 8000, None, 20)
+    assert s.database_url == f"sqlite:///{tmp_path / 'dora.db'}" and s.watch_interval_s == 1.0
+
+
+def test_the_openapi_document_declares_the_bearer_scheme_of_the_writes(client) -> None:
+    """/docs offers an Authorize button, and each write endpoint says it takes the token."""
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    bearer = [
+        name
+        for name, scheme in schemes.items()
+        if scheme["type"] == "http" and scheme["scheme"].lower() == "bearer"
+    ]
+    assert len(bearer) == 1, schemes
+    writes = {
+        ("post", "/api/runs"),
+        ("delete", "/api/runs/{run_id}"),
+        ("post", "/api/runs/{run_id}/register"),
+        ("post", "/api/runs/{run_id}/telemetry"),
+        ("post", "/api/jobs"),
+        ("post", "/api/jobs/{run_id}/cancel"),
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            declared = operation.get("security", [])
+            if (method, path) in writes:
+                assert {bearer[0]: []} in declared, (method, path)
+            else:  # reads stay open
+                assert not declared, (method, path)
+    assert writes <= {(m, p) for p, ops in document["paths"].items() for m in ops}
+
+
 @pytest.mark.slow
 def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path) -> None:
     """A dashboard holding a run's SSE stream open must not keep Ctrl-C from stopping the API."""
