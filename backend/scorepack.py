@@ -43,19 +43,12 @@ class Layout:
     def name_set(self) -> frozenset[str]:
         return frozenset(self.names)
 
-    @cached_property
-    def _index(self) -> dict[str, int]:
-        return {n: i for i, n in enumerate(self.names)}
-
     @property
     def total(self) -> int:
         return int(self.offsets[-1])
 
-    def index(self, name: str) -> int:
-        return self._index[name]
-
     def __contains__(self, name: object) -> bool:
-        return name in self._index
+        return name in self.name_set
 
     def span(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
