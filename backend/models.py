@@ -27,9 +27,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -73,7 +70,7 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # one of wire.RUN_STATUSES
     method: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(1024))
     dataset: Mapped[str] = mapped_column(String(1024))

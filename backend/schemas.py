@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from dora_core.contracts.wire import EVENT_KINDS, RunStatus
+
 INT32 = 2**31 - 1
 StepInt = Annotated[int, Field(ge=0, le=INT32)]
 
@@ -30,18 +32,6 @@ def _storable(text: str) -> str:
 # Text stored in a column: PostgreSQL cannot hold NUL characters and no database takes a
 # lone surrogate (Python's JSON parser lets "\ud800" through), so both are refused.
 Text = Annotated[str, AfterValidator(_storable)]
-EVENT_KINDS = (
-    "started",
-    "prune",
-    "mask_frozen",
-    "eval",
-    "checkpoint",
-    "finished",
-    "failed",
-    "cancelled",
-    "log",
-)
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
 class _Request(BaseModel):

@@ -21,9 +21,10 @@ from sqlalchemy import select
 from backend.db import Database
 from backend.errors import NotFound
 from backend.launcher import Launcher
-from backend.models import FINAL_STATUSES, Run, utcnow
+from backend.models import Run, utcnow
 from backend.services.jobs import record_exit
 from backend.services.spool import replay_spool
+from dora_core.contracts.wire import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from backend.db import Database
 from backend.deps import DB, AppSettings, RunId
 from backend.errors import NotFound
-from backend.models import FINAL_STATUSES, Run
+from backend.models import Run
 from backend.routers.responses import NOT_FOUND
 from backend.settings import Settings
+from dora_core.contracts.wire import FINAL_STATUSES
 
 router = APIRouter(prefix="/runs", tags=["live"])
 

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from backend.errors import Invalid
 from backend.models import (
-    FINAL_STATUSES,
     BudgetPoint,
     Event,
     IngestBatch,
@@ -33,6 +32,7 @@ from backend.models import (
 from backend.schemas import IngestAck, ScalarsRecord, TelemetryBatch
 from backend.scorepack import Layout, PackError, pack_step
 from backend.services.runs import layout_of, lock_run
+from dora_core.contracts.wire import FINAL_EVENT_STATUS, FINAL_STATUSES
 
 EVAL_PREFIX = "eval/"
 # Which eval scalar defines a run's "best" step, and whether higher is better.
@@ -236,8 +236,8 @@ def _apply_event(run: Run, kind: str, message: str, now: Any) -> None:
         return
     if kind == "started" and run.status == "queued":
         run.status, run.started_at = "running", run.started_at or now
-    elif kind in ("finished", "failed", "cancelled"):
-        run.status = {"finished": "completed", "failed": "failed", "cancelled": "cancelled"}[kind]
+    elif kind in FINAL_EVENT_STATUS:
+        run.status = FINAL_EVENT_STATUS[kind]
         run.finished_at = now
         if kind == "failed":
             run.error = message or "the worker reported a failure"

@@ -23,7 +23,7 @@ from backend.db import Database
 from backend.errors import Busy, Conflict, Invalid, NotFound
 from backend.jobpaths import confine
 from backend.launcher import Launcher, LaunchSpec, WorkerExit
-from backend.models import FINAL_STATUSES, Event, Run, utcnow
+from backend.models import Event, Run, utcnow
 from backend.services.runs import (
     get_run,
     is_waiting,
@@ -37,6 +37,7 @@ from backend.settings import Settings
 from dora_core.contracts.job import JobConfig
 from dora_core.contracts.presets import DATASETS, MODELS
 from dora_core.contracts.rundir import JOB_FILE, RESULT_FILE, WORKER_LOG
+from dora_core.contracts.wire import FINAL_STATUSES
 
 LOG_TAIL_ON_FAILURE = 20
 # The worker's exit status after a checkpointed stop on SIGTERM / Ctrl-C (docs/protocol.md).

@@ -21,11 +21,11 @@ from pydantic import ValidationError
 
 from backend.db import Database
 from backend.errors import Conflict, Invalid
-from backend.models import FINAL_STATUSES
 from backend.schemas import RegisterIn, TelemetryBatch
 from backend.services.ingest import ingest
 from backend.services.runs import get_run, register
 from dora_core.contracts.rundir import committed_spool
+from dora_core.contracts.wire import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
 
