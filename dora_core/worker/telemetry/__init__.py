@@ -1,4 +1,12 @@
-"""Telemetry from the worker to the API: a journaled, batching, non-blocking reporter."""
+"""Telemetry from the worker to the API: a journaled, batching, non-blocking reporter.
+
+- ``reporter``: the verbs the loop calls (register, scores, budget, scalars, event),
+  batched on a background thread, retried with idempotent sequence numbers;
+- ``journal``: metrics.jsonl, the spool and the commit point on disk;
+- ``client``: the HTTP calls (httpx).
+
+May import: the contracts (record shapes, run-dir names) and httpx; no torch.
+"""
 
 from dora_core.contracts.rundir import METRICS_FILE, SPOOL_FILE, STATE_FILE, read_metrics
 from dora_core.worker.telemetry.reporter import NullReporter, Reporter

@@ -70,7 +70,6 @@ class Reporter:
         self._deadline = math.inf
         self._idle = threading.Event()
         self._stopped = False  # the API refused us for good (auth, unknown run)
-        self.sent_batches = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="dora-telemetry", daemon=True)
         self._thread.start()
@@ -127,10 +126,6 @@ class Reporter:
         self._thread.join(timeout + 5)
         if self._client is not None:
             self._client.close()
-        return not self.journal.pending
-
-    @property
-    def caught_up(self) -> bool:
         return not self.journal.pending
 
     # --- the background thread ---
@@ -204,7 +199,6 @@ class Reporter:
                     self._client.register(run_id, item["body"])
                 else:
                     self._client.post_telemetry(run_id, item["body"])
-                    self.sent_batches += 1
                 self.journal.acknowledge()
         except ApiUnavailable as exc:
             if self.last_error != str(exc):
@@ -235,8 +229,6 @@ class Reporter:
 
 class NullReporter:
     """Stands in on ranks other than 0 and wherever reporting is not wanted."""
-
-    caught_up = True
 
     def register(self, body: dict) -> None: ...
     def sync(self, timeout: float = 0.0) -> bool:
