@@ -45,6 +45,7 @@ from bench.study_grid import (  # noqa: E402
     select_lr,
 )
 from bench.study_round2 import ROUND2, Round2Study  # noqa: E402
+from dora_core.contracts.rundir import RESULT_FILE, WORKER_LOG  # noqa: E402
 
 RESULTS_DIR = ROOT / "docs" / "results"
 RUNS_DIR = ROOT / "data" / "study"
@@ -135,7 +136,7 @@ def live_adapter_params(live: dict[str, int], layout: dict[str, dict[str, Any]])
 
 def dev_history(run_dir: Path) -> list[dict[str, float]]:
     """Every dev evaluation of a run (step, accuracy, macro-F1) from its metrics.jsonl."""
-    from dora_core.worker.telemetry import read_metrics
+    from dora_core.contracts.rundir import read_metrics
 
     return [
         {
@@ -196,7 +197,7 @@ class CellRunner:
         if self.api:
             cmd += ["--api", self.api]
         started = time.monotonic()
-        with open(run_dir / "worker.log", "wb") as log:
+        with open(run_dir / WORKER_LOG, "wb") as log:
             with self._lock:
                 if self.stopping:
                     raise Interrupted(cell.label)
@@ -212,9 +213,9 @@ class CellRunner:
         wall = time.monotonic() - started
         if self.stopping:
             raise Interrupted(cell.label)
-        result_file = run_dir / "result.json"
+        result_file = run_dir / RESULT_FILE
         if code != 0 or not result_file.is_file():
-            tail = (run_dir / "worker.log").read_text(encoding="utf-8", errors="replace")
+            tail = (run_dir / WORKER_LOG).read_text(encoding="utf-8", errors="replace")
             tail = "\n    ".join(tail.strip().splitlines()[-6:])
             raise CellFailed(f"{cell.label}: worker exited {code}; last log lines:\n    {tail}")
         return self.record(cell, json.loads(result_file.read_text(encoding="utf-8")), run_dir, wall)
