@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,9 @@ def wait_until(
 
 
 # --- real servers (uvicorn, the dashboard) as child processes ----------------------------
+# Every test that needs a real server starts it here: start_server (any `python -m ...`,
+# up once its health URL answers), start_api (the API as `make run` starts it),
+# stop_server (Ctrl-C, then SIGKILL), serve_in_thread (an app built in the test).
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
@@ -79,11 +84,21 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def start_server(args: list[str], env: dict[str, str], health: str, log: Path) -> subprocess.Popen:
-    """Start ``python <args>`` in the repo root, logging to ``log``, and wait for ``health``."""
+def start_server(
+    args: list[str], env: dict[str, str], health: str, log: Path, **popen: Any
+) -> subprocess.Popen:
+    """Start ``python <args>`` in the repo root, logging to ``log``, and wait for ``health``.
+
+    ``popen`` goes to ``subprocess.Popen`` as it is (e.g. ``preexec_fn``).
+    """
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **popen,
         )
     try:
         _wait_http(health, proc, log)
@@ -91,3 +106,34 @@ def start_server(args: list[str], env: dict[str, str], health: str, log: Path) -
         stop_server(proc)
         raise
     return proc
+
+
+def start_api(port: int, env: dict[str, str], log: Path, *options: str) -> subprocess.Popen:
+    """``uvicorn backend.main:app`` on 127.0.0.1:``port``, the way `make run` starts the API.
+
+    Its settings come from ``env`` (DORA_DATA_DIR, ...); ``options`` are more
+    uvicorn options (``--log-level warning``). Up when this returns.
+    """
+    args = ["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    return start_server([*args, *options], env, f"http://127.0.0.1:{port}/api/health", log)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, timeout: float = 30.0) -> Iterator[str]:
+    """``app`` (built in the test: a stand-in launcher, chosen settings) behind a real
+    uvicorn on a free loopback port, in a thread of this process; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

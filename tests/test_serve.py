@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, serve_in_thread, start_server
 
 
 def _wait(url: str, timeout: float = 90.0) -> httpx.Response:
@@ -34,21 +34,12 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
     """Started with SIGINT ignored, as from a script in the background: it still stops on it."""
     api_port, dash_port = free_port(), free_port()
     env = {**os.environ, "DORA_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend.serve",
-            "--api-port",
-            str(api_port),
-            "--dash-port",
-            str(dash_port),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    log = tmp_path / "serve.log"
+    proc = start_server(
+        ["-m", "backend.serve", "--api-port", str(api_port), "--dash-port", str(dash_port)],
+        env,
+        f"http://127.0.0.1:{api_port}/api/health",
+        log,
         preexec_fn=_ignore_sigint,
     )
     try:
@@ -57,10 +48,11 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         page = _wait(f"http://127.0.0.1:{dash_port}/")
         assert page.status_code == 200 and "<html" in page.text.lower()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{dash_port}" in out
     # both children are gone: the ports are free again
@@ -99,10 +91,6 @@ def test_serve_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) 
 
 def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
     """`make run --demo` posts its job to the API; it may be queued behind other jobs."""
-    import threading
-
-    import uvicorn
-
     from backend.launcher import LocalProcessLauncher
     from backend.main import create_app
     from backend.serve import DEMO_JOB, _cancel_demo, _start_demo
@@ -113,14 +101,7 @@ def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
     script.write_text(STAND_IN)  # the demo's name picks its "run until stopped" mode
     launcher = LocalProcessLauncher(argv_prefix=(sys.executable, str(script)))
     settings = Settings(data_dir=tmp_path / "data", max_jobs=1, watch_interval_s=0.1)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, launcher), port=port, log_level="critical")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    api = f"http://127.0.0.1:{port}"
-    try:
+    with serve_in_thread(create_app(settings, launcher)) as api:
         _wait(f"{api}/api/health")
         dash = "http://127.0.0.1:8050"
         first = _start_demo(api, dash)
@@ -141,6 +122,3 @@ def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
         ended = httpx.get(f"{api}/api/runs/{first}").json()
         assert (ended["status"], ended["exit_code"]) == ("cancelled", -signal.SIGTERM)
         assert httpx.get(f"{api}/api/runs/{second}").json()["status"] == "cancelled"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -25,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.backend.conftest import PG_URL, _empty_postgres
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import free_port, start_api, stop_server
 
 TOKEN = "e2e-master-token"
 JOB = {
@@ -58,44 +55,11 @@ def api(tmp_path: Path):
     env.pop("DORA_API_URL", None)
     if PG_URL:
         _empty_postgres(PG_URL)
-    log = tmp_path / "api.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "backend.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc = start_api(port, env, tmp_path / "api.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield url, tmp_path / "data"
+        yield f"http://127.0.0.1:{port}", tmp_path / "data"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def _listen(url: str, seen: list[dict]) -> None:

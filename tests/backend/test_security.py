@@ -230,29 +230,15 @@ def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path)
 
     import httpx
 
-    from tests.conftest import free_port
+    from tests.conftest import free_port, start_server, stop_server
 
     port = free_port()
     env = {**os.environ, "DORA_DATA_DIR": str(tmp_path), "DORA_API_PORT": str(port)}
     for key in ("DATABASE_URL", "DORA_API_TOKEN", "DORA_API_HOST"):
         env.pop(key, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
+    proc = start_server(["-m", "backend"], env, f"{url}/api/health", tmp_path / "api.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/api/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
         run_id = httpx.post(f"{url}/api/runs", json={"config": {}}).json()["id"]
         httpx.post(
             f"{url}/api/runs/{run_id}/register", json={"modules": MODULES}
@@ -278,6 +264,4 @@ def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path)
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - started < 15
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)

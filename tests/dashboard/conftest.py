@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from dashboard.api import ApiClient
-from tests.conftest import free_port, start_server, stop_server
+from tests.conftest import free_port, start_api, stop_server
+from tests.conftest import start_server as start_server  # the browser tests start the dashboard
 
 
 @pytest.fixture(scope="session")
@@ -31,24 +32,8 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     env.pop("DORA_API_TOKEN", None)
     env.pop("DATABASE_URL", None)
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(
-        [
-            "-m",
-            "uvicorn",
-            "backend.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env,
-        f"{url}/api/health",
-        data / "api.log",
-    )
-    yield url
+    proc = start_api(port, env, data / "api.log", "--log-level", "warning")
+    yield f"http://127.0.0.1:{port}"
     stop_server(proc)
 
 

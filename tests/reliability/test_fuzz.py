@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
@@ -41,7 +39,7 @@ from backend.launcher import LaunchSpec, WorkerExit
 from backend.main import create_app
 from backend.settings import Settings
 from tests.backend.conftest import MODULES, scores_record
-from tests.conftest import free_port, wait_until
+from tests.conftest import serve_in_thread, wait_until
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -147,21 +145,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
     launcher = NoTraining()
     app = create_app(settings_, launcher)
     recorder = Recorder(app)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="critical")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", app, settings_, launcher, recorder
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(recorder) as url:
+        yield url, app, settings_, launcher, recorder
 
 
 def _seed(http: httpx.Client, previous: list[int]) -> list[int]:

@@ -19,7 +19,7 @@ from bench import study
 from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
 from dashboard.api import ApiClient
 from dora_core.contracts.presets import DATASETS, MODELS
-from tests.conftest import free_port, start_server, stop_server
+from tests.conftest import free_port, start_api, stop_server
 
 GRID = Grid(
     name="t",
@@ -159,12 +159,7 @@ def test_one_tiny_real_cell_end_to_end(tmp_path) -> None:
     env.pop("DORA_API_TOKEN", None)
     env.pop("DATABASE_URL", None)
     (tmp_path / "api").mkdir()
-    server = start_server(
-        ["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        f"{url}/api/health",
-        tmp_path / "api" / "api.log",
-    )
+    server = start_api(port, env, tmp_path / "api" / "api.log")
     try:
         summary = study.run_study(grid, files, api=url, jobs=1, threads=1, progress=False)
         api = ApiClient(url, token="")
