@@ -130,6 +130,14 @@ class DoraLayer(nn.Module):
         self.dora_c.masked_fill_(~live, 0.0)
         self.refresh_gated()
 
+    @torch.no_grad()
+    def zero_gated(self) -> None:
+        """Put c of gated-off rows back to 0. After the freeze their gradient is 0, but an
+        optimizer with momentum (Adam) keeps moving them; the gate hides them from the
+        forward, and this keeps what the tuner reports (factors, state, export) true."""
+        if self.gated:
+            self.dora_c.masked_fill_(self.gate == 0, 0.0)
+
     def refresh_gated(self) -> None:
         """Note whether the gate is needed in the forward (skipped while all ones)."""
         self.gated = bool((self.gate != 1).any())

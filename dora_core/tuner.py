@@ -171,6 +171,7 @@ class DoraTuner:
     def step(self, optimizer: object | None = None) -> StepInfo:
         """Advance one optimizer step: EMA of the scores, then a pruning event when due."""
         self._require_unmerged("step")
+        self._zero_gated()
         self._step += 1
         t, cfg = self._step, self.config
         event = None
@@ -246,8 +247,14 @@ class DoraTuner:
         """Live mask per module, length r' (all True before the first event)."""
         return {name: layer.mask.clone() for name, layer in self._layers.items()}
 
+    def _zero_gated(self) -> None:
+        """Pruned rows read c == 0 once the mask is frozen (see DoraLayer.zero_gated)."""
+        for layer in self._layers.values():
+            layer.zero_gated()
+
     def factors(self) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
         """(A, B, c, mask) per module, detached; r' rows until compaction, live rows after."""
+        self._zero_gated()
         return {
             name: (
                 layer.dora_A.detach().clone(),
@@ -287,6 +294,7 @@ class DoraTuner:
     # --- exact resume ---
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to make the same decisions (tensors are copies)."""
+        self._zero_gated()
         return {
             "format": _FORMAT,
             "config": self.config.to_dict(),

@@ -301,3 +301,42 @@ def test_init_rank_equal_to_target_prunes_nothing():
     assert events[-1] == "mask_frozen"
     assert all(mask.all() for mask in tuner.masks().values())
     assert tuner.rank_pattern() == dict.fromkeys(tuner.layers, 4)
+
+
+@pytest.mark.parametrize("how", ["compact=False", "step() without optimizer"])
+def test_pruned_components_read_zero_after_the_freeze_under_momentum(how, tmp_path):
+    """AdamW's momentum moves c of pruned rows after the freeze (their gradient is 0 but
+    exp_avg is not); the gate hides them, and factors / state / export must read c == 0."""
+    model, tuner = make(compact=how != "compact=False")
+    opt = optimizer_for(tuner, lr=5e-2)
+    for t in range(1, 31):
+        train_step(model, tuner, opt, t)
+        if how == "compact=False":
+            tuner.step(opt)
+        else:
+            tuner.step()
+        opt.zero_grad()
+    # One more optimizer step without tuner.step(): the parameter itself has moved, the
+    # premise of the bug (without momentum this test would prove nothing).
+    train_step(model, tuner, opt, 31)
+    moved = any(layer.dora_c[~layer.mask].abs().sum() > 0 for layer in tuner.layers.values())
+    assert moved and tuner.frozen and not tuner.compacted
+    x = batch(7)
+    model.eval()  # no BERT dropout: two forwards must agree
+    with torch.no_grad():
+        logits = model(**x).logits
+    factors = tuner.factors()
+    assert sum(int((~mask).sum()) for *_, mask in factors.values()) == 6 * 12 - 4 * 12
+    for name, (_, _, c, mask) in factors.items():
+        assert not c[~mask].any(), name
+    weights = tuner.state_dict()["weights"]
+    for name, layer in tuner.layers.items():
+        assert not weights[f"{name}.dora_c"][~layer.mask].any()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, logits)  # outputs unchanged
+    tuner.export_peft(tmp_path / "adapter")
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    ranks = {k: v.shape for k, v in exported.items() if "lora_A" in k}
+    assert sum(s[0] for s in ranks.values()) == sum(tuner.rank_pattern().values())

@@ -37,7 +37,7 @@ BAD_FIELDS: dict[str, list] = {
     "max_dev_samples": [0, "all"],
     "method": ["qlora", "DORA", None],
     "target_rank": [0, 257, 2.5],
-    "init_rank": [0, 385, 4],  # 4: not above target_rank 4
+    "init_rank": [0, 385, 3],  # 3: below target_rank 4 (equal is b(0) = b(T): no pruning)
     "target_modules": [[], "query", [1]],
     "alpha": [0, -1, float("inf")],
     "dropout": [1, -0.1],
