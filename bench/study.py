@@ -39,6 +39,7 @@ from bench.study_grid import (  # noqa: E402
     GRIDS,
     Cell,
     Grid,
+    Progress,
     ResultFile,
     final_cells,
     search_cells,
@@ -71,8 +72,6 @@ class Files:
         self.sessions = ResultFile(results_dir / f"{grid.name}-sessions.jsonl")
         self.runs = runs_dir / grid.name
 
-    def for_phase(self, phase: str) -> ResultFile:
-        return self.search if phase == "search" else self.cells
 
 
 # --- the model's layout (for rank patterns) ---------------------------------------------------
@@ -289,20 +288,8 @@ class CellRunner:
 # --- the study -----------------------------------------------------------------------------
 
 
-class Study:
-    """Which cells still have to run, in order, given what the result files hold."""
-
-    def __init__(self, grid: Grid, files: Files):
-        self.grid, self.files = grid, files
-        self.search_done = files.search.done()
-        self.cells_done = files.cells.done()
-        self.running: set[str] = set()
-        self.failed: set[str] = set()
-
-    def _open(self, cell: Cell) -> bool:
-        key = cell.key(self.grid)
-        done = self.search_done if cell.phase == "search" else self.cells_done
-        return key not in done and key not in self.running and key not in self.failed
+class Study(Progress):
+    """Which cells of a grid still have to run, in order, given what the result files hold."""
 
     def chosen_lr(self, dataset: str) -> dict[str, float] | None:
         """Each method's lr for ``dataset`` once its whole search is finished, else None."""
@@ -360,14 +347,6 @@ class Study:
                 if self._open(cell) and cell.key(self.grid) not in self.search_done:
                     todo.append(cell)
         return len(todo), sum(c.cost(self.grid) for c in todo)
-
-    def finish(self, cell: Cell, record: dict[str, Any]) -> None:
-        key = cell.key(self.grid)
-        self.files.for_phase(cell.phase).append(record)
-        (self.search_done if cell.phase == "search" else self.cells_done)[key] = record
-        self.running.discard(key)
-        if cell.phase == "search":
-            self.reuse_search()
 
 
 def machine() -> dict[str, Any]:

@@ -221,6 +221,37 @@ class ResultFile:
             os.fsync(fh.fileno())
 
 
+class Progress:
+    """What a study planner tracks: finished cells (from its result files), running, failed.
+
+    ``files`` has ``search`` and ``cells`` ResultFiles (``bench.study.Files``). Subclasses
+    decide the order (``next_cell``), the cost left and which records to reuse."""
+
+    def __init__(self, grid: Grid, files: Any):
+        self.grid, self.files = grid, files
+        self.search_done = files.search.done()
+        self.cells_done = files.cells.done()
+        self.running: set[str] = set()
+        self.failed: set[str] = set()
+
+    def _open(self, cell: Cell) -> bool:
+        key = cell.key(self.grid)
+        done = self.search_done if cell.phase == "search" else self.cells_done
+        return key not in done and key not in self.running and key not in self.failed
+
+    def reuse_search(self) -> int:
+        """Copy records of cells already trained elsewhere; returns how many."""
+        return 0
+
+    def finish(self, cell: Cell, record: dict[str, Any]) -> None:
+        key = cell.key(self.grid)
+        (self.files.search if cell.phase == "search" else self.files.cells).append(record)
+        (self.search_done if cell.phase == "search" else self.cells_done)[key] = record
+        self.running.discard(key)
+        if cell.phase == "search":
+            self.reuse_search()
+
+
 # --- summaries (used by the report) -------------------------------------------------------
 
 

@@ -21,7 +21,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.study_grid import FULL, METHODS, Cell, Grid, ResultFile, search_cells, select_lr
+from bench.study_grid import (
+    FULL,
+    METHODS,
+    Cell,
+    Grid,
+    Progress,
+    ResultFile,
+    search_cells,
+    select_lr,
+)
 
 DATASETS = ("rt-snippets", "tweets")
 BUDGETS = (2, 8)
@@ -104,14 +113,14 @@ def epochs_per_cap(dataset: str) -> float:
     return plan.steps * FULL.common["batch_size"] / plan.max_train
 
 
-class Round2Study:
+class Round2Study(Progress):
     """Which round-2 cells still have to run, given round 2's and round 1's result files.
 
     Same interface as ``bench.study.Study`` (next_cell, remaining_cost, finish, running,
     failed, reuse_search) so ``run_study`` drives either."""
 
     def __init__(self, files: Any, round1_search: ResultFile, round1_cells: ResultFile):
-        self.grid, self.files = ROUND2, files
+        super().__init__(ROUND2, files)
         self.lr8 = select_lr(round1_search.records())
         missing = [(d, m) for d in DATASETS for m in METHODS if (d, m) not in self.lr8]
         if missing:
@@ -121,10 +130,6 @@ class Round2Study:
             )
         # Round 1's records by key: a round-2 cell with the same job is copied, not rerun.
         self.round1 = {**round1_search.done(), **round1_cells.done()}
-        self.search_done = files.search.done()
-        self.cells_done = files.cells.done()
-        self.running: set[str] = set()
-        self.failed: set[str] = set()
 
     def lr2(self) -> dict[tuple[str, str], float]:
         """Round 2's b(T) = 2 lr per (dataset, method), for datasets whose search is complete."""
@@ -149,11 +154,6 @@ class Round2Study:
                     seen.add(key)
                     out.append(cell)
         return out
-
-    def _open(self, cell: Cell) -> bool:
-        key = cell.key(self.grid)
-        done = self.search_done if cell.phase == "search" else self.cells_done
-        return key not in done and key not in self.running and key not in self.failed
 
     def reuse_search(self) -> int:
         """Copy the record of every cell (search or planned final) that round 1 or round 2's
@@ -205,11 +205,3 @@ class Round2Study:
         stand_in = {(d, m): FULL.lrs[0] for d in unknown for m in METHODS}
         todo += [c for c in question_cells("lr_b2", {}, stand_in) if c.seed != 0]
         return len(todo), sum(c.cost(self.grid) for c in todo)
-
-    def finish(self, cell: Cell, record: dict[str, Any]) -> None:
-        key = cell.key(self.grid)
-        self.files.for_phase(cell.phase).append(record)
-        (self.search_done if cell.phase == "search" else self.cells_done)[key] = record
-        self.running.discard(key)
-        if cell.phase == "search":
-            self.reuse_search()

@@ -15,6 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
+from dora_core.contracts.job import ADAPTER_SETTINGS
 
 # Form-only fields: a local folder/file instead of a preset (sent as model/dataset).
 PATH_FIELDS = {"model_path": "model", "dataset_path": "dataset"}
@@ -36,18 +37,10 @@ SECTIONS: list[tuple[str, list[str]]] = [
             "seed",
         ],
     ),
+    # The DoRA settings the job schema takes from DoraConfig, less the ones in "basic".
     (
         "DoRA knobs",
-        [
-            "alpha",
-            "dropout",
-            "beta",
-            "warmup_frac",
-            "final_frac",
-            "prune_interval",
-            "dem_weight",
-            "dem_after_freeze",
-        ],
+        [f for f in ADAPTER_SETTINGS if f not in ("target_rank", "init_rank", "target_modules")],
     ),
     (
         "Data",
@@ -66,6 +59,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
         "Training",
         [
             "grad_accum",
+            "head_lr",
             "weight_decay",
             "warmup_ratio",
             "lr_scheduler",
@@ -110,6 +104,7 @@ LABELS = {
     "text_column": "Text column",
     "label_column": "Label column",
     "grad_accum": "Gradient accumulation",
+    "head_lr": "Head learning rate",
     "weight_decay": "Weight decay",
     "warmup_ratio": "LR warm-up ratio",
     "lr_scheduler": "LR schedule",
@@ -124,6 +119,7 @@ PLACEHOLDERS = {
     "name": "auto: method-model-dataset",
     "init_rank": "auto: ceil(1.5 × b(T))",
     "max_steps": "from epochs",
+    "head_lr": "default: the learning rate",
     "model_path": "instead of the preset, e.g. /models/my-bert",
     "dataset_path": "instead of the preset, e.g. /data/reviews.csv",
     "target_modules": "comma-separated suffixes, default: all projections",
@@ -224,14 +220,6 @@ def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
     fid = f"job-{field}"
     kind = schema_kind(prop)
     default = prop.get("default")
-    if field in ("model", "dataset"):
-        return dcc.Dropdown(
-            id=fid,
-            options=_preset_options(presets, field),
-            value=default,
-            clearable=False,
-            className="form-dropdown",
-        )
     if field == "method":
         return dcc.RadioItems(
             id=fid,
@@ -240,10 +228,11 @@ def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
             inline=True,
             className="radio",
         )
-    if kind == "enum":
+    if field in ("model", "dataset") or kind == "enum":
+        presets_of = field in ("model", "dataset")
         return dcc.Dropdown(
             id=fid,
-            options=prop.get("enum", []),
+            options=_preset_options(presets, field) if presets_of else prop.get("enum", []),
             value=default,
             clearable=False,
             className="form-dropdown",

@@ -11,16 +11,8 @@ from transformers.pytorch_utils import Conv1D
 from dora_core import DoraConfig, inject
 from dora_core.contracts.presets import MODELS
 from dora_core.layer import DoraLayer
+from tests.conftest import BERT_TYPES
 from tests.dora_core.tiny_models import batch, tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
-
-BERT_TYPES = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-]
 
 
 @pytest.mark.parametrize(

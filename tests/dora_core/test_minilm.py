@@ -10,6 +10,7 @@ import torch
 
 from dora_core import DoraConfig, inject
 from dora_core.contracts.presets import DATASETS, MODELS
+from tests.conftest import BERT_TYPES
 
 MODEL_DIR = MODELS["minilm"].path()
 DATA_FILE = DATASETS["rt-snippets"].path()
@@ -50,14 +51,7 @@ def test_train_prune_export_merge_on_minilm(tmp_path):
     tuner = inject(model, cfg)
     info = tuner.modules_info()
     assert len(info) == 36 and tuner.heads == ["classifier"]
-    assert [r["type"] for r in info[:6]] == [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ]
+    assert [r["type"] for r in info[:6]] == BERT_TYPES
     assert sorted({r["layer"] for r in info}) == list(range(6))
     assert {tuple(r["shape"]) for r in info} == {(384, 384), (1536, 384), (384, 1536)}
     with torch.no_grad():

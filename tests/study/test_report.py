@@ -6,15 +6,7 @@ import json
 
 from bench import report as study_report
 from bench.study_grid import FULL, Cell, DatasetPlan, Grid
-
-TYPES = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-]
+from tests.conftest import BERT_TYPES as TYPES
 
 
 def pattern(live_of) -> list[dict]:

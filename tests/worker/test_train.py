@@ -12,18 +12,9 @@ from dora_core.contracts.job import parse_job_config
 from dora_core.worker.cli import main
 from dora_core.worker.telemetry import read_metrics
 from dora_core.worker.train.loop import Telemetry, train
+from tests.conftest import BERT_TYPES
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
-
-BERT_TYPES = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-]
-
 
 T = 300  # steps of the shared DoRA run below
 
