@@ -73,7 +73,6 @@ class Files:
         self.runs = runs_dir / grid.name
 
 
-
 # --- the model's layout (for rank patterns) ---------------------------------------------------
 
 

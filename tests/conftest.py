@@ -33,6 +33,15 @@ BERT_TYPES = [
     "intermediate.dense",
     "output.dense",
 ]
+LLAMA_TYPES = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 
 
 def free_port() -> int:
@@ -69,6 +78,20 @@ def wait_until(
 # Every test that needs a real server starts it here: start_server (any `python -m ...`,
 # up once its health URL answers), start_api (the API as `make run` starts it),
 # stop_server (Ctrl-C, then SIGKILL), serve_in_thread (an app built in the test).
+
+
+def run_module(
+    module: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``python -m module`` from the repo root with exactly ``env``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port, serve_in_thread, start_server
+from tests.conftest import free_port, run_module, serve_in_thread, start_server
 
 
 def _wait(url: str, timeout: float = 90.0) -> httpx.Response:
@@ -74,14 +73,7 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
 )
 def test_serve_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
     env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
-    out = subprocess.run(
-        [sys.executable, "-m", "backend.serve"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_module("backend.serve", env)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()

@@ -90,3 +90,8 @@ class GridResults:
         """Cells of the finished grid: datasets x methods x budgets x seeds."""
         g = self.grid
         return len(g.datasets) * len(g.methods) * len(g.budgets) * len(g.seeds)
+
+
+def titled(title: str, body: str) -> list[str]:
+    """A report subsection: a level-3 heading, a blank line, the body, a blank line."""
+    return [f"### {title}", "", body, ""]

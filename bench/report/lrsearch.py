@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import METHOD_NAMES, GridResults
+from bench.report.common import METHOD_NAMES, GridResults, titled
 from bench.study_grid import Grid, search_cells, select_lr
 
 
 def section(results: GridResults) -> list[str]:
     search = results.search
-    return [
-        "### Learning-rate search (dev macro-F1 / accuracy, %)",
-        "",
-        search_table(search, results.grid) if search else "Not started.",
-        "",
-    ]
+    body = search_table(search, results.grid) if search else "Not started."
+    return titled("Learning-rate search (dev macro-F1 / accuracy, %)", body)
 
 
 def search_table(search: list[dict[str, Any]], grid: Grid) -> str:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import METHOD_NAMES, GridResults
+from bench.report.common import METHOD_NAMES, GridResults, titled
 from bench.study_grid import Grid, mean_std
 
 
 def section(results: GridResults) -> list[str]:
     cells = results.cells
-    return [
-        "### Time per cell",
-        "",
-        time_table(cells, results.grid) if cells else "No cells yet.",
-        "",
-    ]
+    return titled("Time per cell", time_table(cells, results.grid) if cells else "No cells yet.")
 
 
 def time_table(records: list[dict[str, Any]], grid: Grid) -> str:

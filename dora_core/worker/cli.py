@@ -94,27 +94,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _ship(verb: str, args: argparse.Namespace) -> int:
+    """`dora export` / `dora merge`: the run's adapter, or its merged model, at OUT."""
     from dora_core.contracts.job import JobConfigError
-    from dora_core.worker.train.artifacts import export_adapter
+    from dora_core.worker.train.artifacts import export_adapter, merge_model
 
+    write, done = {
+        "export": (export_adapter, "PEFT adapter written to {}"),
+        "merge": (merge_model, "merged model written to {} (load it with from_pretrained)"),
+    }[verb]
     try:
-        out = export_adapter(Path(args.run_dir), Path(args.out))
+        out = write(Path(args.run_dir), Path(args.out))
     except (JobConfigError, ValueError, FileNotFoundError) as exc:
-        return _error("export", str(exc))
-    print(f"PEFT adapter written to {out}")
-    return 0
-
-
-def _cmd_merge(args: argparse.Namespace) -> int:
-    from dora_core.contracts.job import JobConfigError
-    from dora_core.worker.train.artifacts import merge_model
-
-    try:
-        out = merge_model(Path(args.run_dir), Path(args.out))
-    except (JobConfigError, ValueError, FileNotFoundError) as exc:
-        return _error("merge", str(exc))
-    print(f"merged model written to {out} (load it with from_pretrained)")
+        return _error(verb, str(exc))
+    print(done.format(out))
     return 0
 
 
@@ -156,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's adapter as a PEFT LoRA adapter folder")
     export.add_argument("run_dir", help="a finished run directory")
     export.add_argument("out", help="output folder")
-    export.set_defaults(func=_cmd_export)
+    export.set_defaults(func=lambda args: _ship("export", args))
 
     merge = sub.add_parser(
         "merge", help="write the model with the adapter merged in (loadable by from_pretrained)"
     )
     merge.add_argument("run_dir", help="a finished run directory")
     merge.add_argument("out", help="output folder")
-    merge.set_defaults(func=_cmd_merge)
+    merge.set_defaults(func=lambda args: _ship("merge", args))
 
     presets = sub.add_parser(
         "presets", help="list model and dataset presets and whether they are installed"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from fastapi.testclient import TestClient
 from backend.main import create_app
 from backend.settings import Settings, SettingsError
 from tests.backend.conftest import MODULES
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_module
 
 
 @pytest.fixture
@@ -127,27 +125,13 @@ def test_bad_settings_name_the_variable(env, message) -> None:
 
 def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), "DORA_API_HOST": "0.0.0.0"}
-    out = subprocess.run(
-        [sys.executable, "-m", "backend"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_module("backend", env)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: DORA_API_HOST=0.0.0.0 exposes the API beyond this machine; set DORA_API_TOKEN "
         "so that writes need it, or bind 127.0.0.1"
     ]
-    bad = subprocess.run(
-        [sys.executable, "-m", "backend"],
-        cwd=REPO_ROOT,
-        env={**env, "DORA_API_PORT": "x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = run_module("backend", {**env, "DORA_API_PORT": "x"})
     assert bad.returncode == 2 and bad.stderr.startswith("error: DORA_API_PORT='x'")
 
 
@@ -162,14 +146,7 @@ def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path) -> None:
 )
 def test_python_m_backend_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
     env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
-    out = subprocess.run(
-        [sys.executable, "-m", "backend"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_module("backend", env)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()

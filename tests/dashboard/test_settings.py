@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from dashboard.settings import DEFAULT_API_URL, DEFAULT_POLL_MS, DashboardSettings
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_module
 
 VARIABLES = (
     "DORA_API_URL",
@@ -55,14 +54,7 @@ def test_an_empty_variable_means_its_default(clean_env: pytest.MonkeyPatch) -> N
 
 def _start_dashboard(**env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "dashboard.app"],
-        env={**clean, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("dashboard.app", {**clean, **env}, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from dora_core import DoraConfig, inject
 from dora_core.contracts.presets import MODELS
 from dora_core.layer import DoraLayer
-from tests.conftest import BERT_TYPES
+from tests.conftest import BERT_TYPES, LLAMA_TYPES
 from tests.dora_core.tiny_models import batch, tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 
@@ -160,13 +160,5 @@ def test_default_targets_on_the_real_smollm2_architecture():
     tuner = inject(model, DoraConfig(total_steps=100))
     info = tuner.modules_info()
     assert len(info) == 7 * config.num_hidden_layers and tuner.heads == ["score"]
-    assert [r["type"] for r in info[:7]] == [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ]
+    assert [r["type"] for r in info[:7]] == LLAMA_TYPES
     assert info[-1]["layer"] == config.num_hidden_layers - 1

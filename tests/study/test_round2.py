@@ -9,6 +9,7 @@ import pytest
 from bench.study import Files
 from bench.study_grid import FULL, Cell, ResultFile, final_cells, search_cells
 from bench.study_round2 import ROUND2, Round2Study, lr_b2_search, question_cells
+from tests.study import fake_record
 
 LR8 = {
     (d, m): lr
@@ -17,32 +18,17 @@ LR8 = {
 }
 
 
-def _record(cell: Cell, grid, accuracy: float = 0.8) -> dict:
-    return {
-        "key": cell.key(grid),
-        "grid": grid.name,
-        "phase": cell.phase,
-        "dataset": cell.dataset,
-        "method": cell.method,
-        "budget": cell.budget,
-        "seed": cell.seed,
-        "lr": cell.lr,
-        "macro_f1": accuracy,
-        "accuracy": accuracy,
-    }
-
-
 @pytest.fixture
 def round1(tmp_path):
     """Round 1's files: a complete search (the lr above wins) and its final cells."""
     first = Files(FULL, tmp_path, tmp_path / "runs")
     for cell in search_cells(FULL):
         won = LR8.get((cell.dataset, cell.method)) == cell.lr
-        first.search.append(_record(cell, FULL, 0.9 if won else 0.5))
+        first.search.append(fake_record(cell, FULL, 0.9 if won else 0.5))
     for dataset in ("rt-snippets", "tweets"):
         lrs = {m: LR8[(dataset, m)] for m in ("dora", "lora", "adalora")}
         for cell in final_cells(FULL, dataset, lrs):
-            first.cells.append(_record(cell, FULL))
+            first.cells.append(fake_record(cell, FULL, 0.8))
     return first
 
 
@@ -103,7 +89,7 @@ def test_the_study_reuses_round_one_and_waits_for_its_own_search(round1, tmp_pat
     # Finishing the search unlocks lr_b2's cells at the searched lr.
     for cell in lr_b2_search():
         if cell.key(ROUND2) not in study.search_done:
-            study.finish(cell, _record(cell, ROUND2, 0.95 if cell.lr == 3e-4 else 0.4))
+            study.finish(cell, fake_record(cell, ROUND2, 0.95 if cell.lr == 3e-4 else 0.4))
     assert set(study.lr2().values()) == {3e-4}
     lr_b2 = question_cells("lr_b2", LR8, study.lr2())
     assert len(lr_b2) == 3 * 2 * 3 and {c.lr for c in lr_b2} == {3e-4}

@@ -20,6 +20,7 @@ from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
 from dashboard.api import ApiClient
 from dora_core.contracts.presets import DATASETS, MODELS
 from tests.conftest import free_port, start_api, stop_server
+from tests.study import fake_record
 
 GRID = Grid(
     name="t",
@@ -47,18 +48,7 @@ class FakeRunner:
 
     def run(self, cell: Cell) -> dict:
         FakeRunner.calls.append(cell)
-        f1 = F1[(cell.method, cell.lr)]
-        return {
-            "key": cell.key(self.grid),
-            "phase": cell.phase,
-            "dataset": cell.dataset,
-            "method": cell.method,
-            "budget": cell.budget,
-            "seed": cell.seed,
-            "lr": cell.lr,
-            "macro_f1": f1,
-            "accuracy": f1,
-        }
+        return fake_record(cell, self.grid, F1[(cell.method, cell.lr)])
 
     def stop(self) -> None:
         pass

@@ -12,7 +12,7 @@ from dora_core.contracts.job import parse_job_config
 from dora_core.worker.cli import main
 from dora_core.worker.telemetry import read_metrics
 from dora_core.worker.train.loop import Telemetry, train
-from tests.conftest import BERT_TYPES
+from tests.conftest import BERT_TYPES, LLAMA_TYPES
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
 
@@ -171,19 +171,7 @@ def test_decoder_only_model_without_a_pad_token(tiny_llama, sentiment_csv, tmp_p
     assert outcome.status == "completed"
     body = api.registrations[0][1]
     types = [m["type"] for m in body["modules"]]
-    assert (
-        types
-        == [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ]
-        * 2
-    )
+    assert types == LLAMA_TYPES * 2
     tokenizer_cfg = json.loads((tmp_path / "adapter" / "tokenizer_config.json").read_text())
     assert tokenizer_cfg.get("pad_token") == "[EOS]"
 
