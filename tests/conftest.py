@@ -94,6 +94,15 @@ def run_module(
     )
 
 
+def assert_one_line_refusal(out: subprocess.CompletedProcess, variable: str, value: str) -> None:
+    """A process stopped by a bad setting: exit 2, no traceback, one stderr line naming it."""
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert variable in lines[0] and value in lines[0]
+
+
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

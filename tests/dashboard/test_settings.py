@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from dashboard.settings import DEFAULT_API_URL, DEFAULT_POLL_MS, DashboardSettings
-from tests.conftest import run_module
+from tests.conftest import assert_one_line_refusal, run_module
 
 VARIABLES = (
     "DORA_API_URL",
@@ -63,8 +63,4 @@ def _start_dashboard(**env: str) -> subprocess.CompletedProcess:
 )
 def test_a_bad_value_stops_the_dashboard_with_one_line(name: str, value: str) -> None:
     out = _start_dashboard(**{name: value})
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert name in lines[0] and value in lines[0]
+    assert_one_line_refusal(out, name, value)
