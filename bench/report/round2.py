@@ -439,6 +439,7 @@ def epochs_plot(recs: list[Record], per_epoch: int, out: Path) -> Path | None:
 
 
 def write_png(fig: Any, out: Path) -> Path:
+    fig.update_layout(margin={"t": 30, "b": 50})
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.write_image(str(out), width=760, height=420, scale=1)
     return out
