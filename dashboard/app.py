@@ -5,6 +5,8 @@ pages (``dashboard/pages``), which own their layouts and callbacks, and of the
 download route (``dashboard/downloads``). Every URL is bookmarkable: ``/``,
 ``/runs/<id>``, ``/compare?runs=1,2``. Settings come from the environment
 (``dashboard.settings``); a bad value stops the process with one line, exit 2.
+Beyond loopback (or with DORA_DASH_AUTH) every request needs a login
+(``dashboard.auth``); with nobody configured to sign in it does not start.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import flask
 from dash import Dash, Input, Output, dcc, html
 from pydantic import ValidationError
 
+from dashboard import auth, downloads
 from dashboard import components as ui
-from dashboard import downloads
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, run, runs
 from dashboard.settings import DEFAULT_POLL_MS, DashboardSettings, settings_error
@@ -86,13 +88,17 @@ def create_app(
     client: ApiClient | None = None,
     settings: DashboardSettings | None = None,
 ) -> Dash:
+    """The dashboard; raises auth.LoginSetupError when a login is needed and nobody may sign in."""
     settings = settings or DashboardSettings()
+    users = auth.load_users(settings)  # refuses before anything is built
     client = client or ApiClient(api_url or settings.api_url, settings.api_token)
     app = Dash(
         __name__,
         title="DoRA dashboard",
         update_title=None,
         suppress_callback_exceptions=True,  # page components appear after routing
+        # the page side of the login: only served when there is one
+        assets_ignore="" if settings.auth_required else r"session\.js",
     )
     extra_hosts = settings.dash_allowed_hosts
 
@@ -106,6 +112,19 @@ def create_app(
             "DORA_DASH_ALLOWED_HOSTS.",
             403,
         )
+
+    # after the host check: a page named by a foreign Host is 403, not a login form
+    login = auth.Login(users) if settings.auth_required else None
+    if login is not None:
+        login.install(app.server, settings)
+    else:  # in case the server listens wider than DORA_DASH_HOST says
+        app.server.before_request(auth.loopback_peers_only)
+    # a full page load (not dcc.Link): the server ends the session
+    sign_out = (
+        [html.A("Sign out", href=auth.LOGOUT_PATH, id="sign-out", className="nav-link")]
+        if login is not None
+        else []
+    )
 
     app.layout = html.Div(
         [
@@ -126,6 +145,7 @@ def create_app(
                     ),
                     html.Div(id="api-status", className="api-status-wrap"),
                     dcc.Interval(id="api-health-tick", interval=HEALTH_MS),
+                    *sign_out,
                 ],
                 className="topbar",
             ),
@@ -169,12 +189,16 @@ def create_app(
 def main() -> int:
     try:
         settings = DashboardSettings()
+        app = create_app(settings=settings)
     except ValidationError as err:
         print(f"error: {settings_error(err)}", file=sys.stderr)
         return 2
+    except auth.LoginSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # one request log line per live-update callback would bury `make run`'s output
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    create_app(settings=settings).run(host=settings.dash_host, port=settings.dash_port, debug=False)
+    app.run(host=settings.dash_host, port=settings.dash_port, debug=False)
     return 0
 
 
