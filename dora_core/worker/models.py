@@ -138,8 +138,20 @@ def load_model(
     model = AutoModelForSequenceClassification.from_pretrained(
         source.location, num_labels=num_labels, **source.kwargs()
     )
+    if source.gguf_file:
+        as_plain_float(model)
     model.config.pad_token_id = pad_token_id
     if label_names:
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
     return model
+
+
+def as_plain_float(model: nn.Module) -> None:
+    """A model loaded from a GGUF file holds dequantised float weights but still carries the
+    GGUF quantizer, which makes ``save_pretrained`` refuse ("not serializable"). Drop the
+    marker: it is an ordinary float model, saved and loaded without ``gguf_file``."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

@@ -60,3 +60,33 @@ def test_smollm2_gguf_preset_as_a_decoder_classifier(tmp_path) -> None:
     assert modules[0]["shape"] == [576, 576]
     assert body["params"]["head"] == 576 * 2  # the score head, no bias
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_smollm2_run_merges_into_a_plain_float_model(tmp_path) -> None:
+    """`dora merge` of a GGUF preset's run: a folder from_pretrained loads without gguf_file,
+    giving the adapted model's logits (the GGUF weights are dequantised on load)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dora_core.worker.cli import main
+
+    outcome, _ = run_preset("smollm2-135m", tmp_path, max_steps=2, batch_size=2, max_length=16)
+    assert outcome.status == "completed"
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "run"), str(out)]) == 0
+    assert not list(out.glob("*.gguf")) and (out / "config.json").is_file()
+    assert "quantization_config" not in (out / "config.json").read_text()
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["a fine film", "a dull film"], return_tensors="pt", padding=True)
+    from peft import PeftModel
+
+    from dora_core.worker.models import load_model, load_tokenizer, resolve_model
+
+    source = resolve_model("smollm2-135m")
+    base = load_model(source, 2, load_tokenizer(source).pad_token_id)
+    adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**batch).logits, adapted(**batch).logits, rtol=1e-4, atol=1e-4
+        )
