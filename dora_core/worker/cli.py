@@ -12,7 +12,7 @@ from dora_core import __version__
 from dora_core.contracts.rundir import JOB_FILE
 
 TRAIN_EPILOG = """\
-The job file (YAML or JSON) holds these fields; every one is optional:
+The job file (YAML or JSON) holds these fields; model and dataset are required:
 
 {fields}
 
@@ -94,6 +94,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dora_core.contracts.job import JobConfigError
+    from dora_core.worker.train.artifacts import predict
+
+    try:
+        rows = predict(Path(args.run_dir), args.text)
+    except (JobConfigError, ValueError, FileNotFoundError) as exc:
+        return _error("predict", str(exc))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for text, row in zip(args.text, rows, strict=True):
+        probs = ", ".join(f"{name} {p:.3f}" for name, p in row["probabilities"].items())
+        print(f"{row['label']}\t({probs})\t{text}")
+    return 0
+
+
 def _ship(verb: str, args: argparse.Namespace) -> int:
     """`dora export` / `dora merge`: the run's adapter, or its merged model, at OUT."""
     from dora_core.contracts.job import JobConfigError
@@ -157,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run_dir", help="a finished run directory")
     merge.add_argument("out", help="output folder")
     merge.set_defaults(func=lambda args: _ship("merge", args))
+
+    predict = sub.add_parser(
+        "predict", help="classify text with a run's trained model (label and probabilities)"
+    )
+    predict.add_argument("run_dir", help="a run directory (finished, or its newest checkpoint)")
+    predict.add_argument(
+        "--text", action="append", required=True, help="text to classify (repeatable)"
+    )
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(func=_cmd_predict)
 
     presets = sub.add_parser(
         "presets", help="list model and dataset presets and whether they are installed"

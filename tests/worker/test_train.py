@@ -180,7 +180,7 @@ def test_decoder_only_model_without_a_pad_token(tiny_llama, sentiment_csv, tmp_p
 @pytest.mark.filterwarnings("ignore:.*have invalid shape")  # PEFT: AdaLoRA layers pruned to rank 0
 @pytest.mark.parametrize("method", ["dora", "lora", "adalora"])
 def test_export_and_merge_reproduce_the_reported_accuracy(
-    method, tiny_bert, sentiment_csv, tmp_path
+    method, tiny_bert, sentiment_csv, tmp_path, capsys
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -225,3 +225,20 @@ def test_export_and_merge_reproduce_the_reported_accuracy(
     accuracy = (merged_logits.argmax(-1) == labels).float().mean().item()
     assert accuracy == pytest.approx(outcome.result["metrics"]["accuracy"])
     assert merged.config.id2label == {0: "neg", 1: "pos"}
+    # `dora predict` answers what the merged model says, as label names and probabilities.
+    texts = [data.texts[i] for i in dev[:2]]
+    capsys.readouterr()
+    assert (
+        main(["predict", str(tmp_path / "run"), "--json", "--text", texts[0], "--text", texts[1]])
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    with torch.no_grad():
+        probs = torch.softmax(
+            merged(**tokenizer(texts, return_tensors="pt", padding=True)).logits, -1
+        )
+    for row, p in zip(rows, probs, strict=True):
+        assert row["label"] == ["neg", "pos"][int(p.argmax())]
+        assert [row["probabilities"][n] for n in ("neg", "pos")] == pytest.approx(
+            p.tolist(), abs=1e-4
+        )

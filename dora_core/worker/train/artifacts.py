@@ -77,18 +77,50 @@ def export_adapter(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def merge_model(run_dir: Path, out: Path) -> Path:
-    """A plain transformers model folder with the update folded into the weights."""
+def trained_model(run_dir: Path) -> tuple[nn.Module, Any, list[str]]:
+    """The run's model with its update folded in (finished or from the newest checkpoint),
+    its tokenizer and label names."""
     job, labels = _run(run_dir)
     if _finished(run_dir):
-        if not METHODS[job.method].adapter:  # the run saved the whole model: it is the merge
-            shutil.copytree(run_dir / MODEL_DIR, out, dirs_exist_ok=True)
-            return out
+        if not METHODS[job.method].adapter:  # the run saved the whole model
+            from transformers import AutoModelForSequenceClassification
+
+            tokenizer = load_tokenizer(resolve_model(job.model))
+            model = AutoModelForSequenceClassification.from_pretrained(run_dir / MODEL_DIR)
+            return model, tokenizer, labels
         model, tokenizer = _base(job, labels)
-        merged = METHOD_CLASSES[job.method].merge_saved(model, run_dir)
-    else:
-        method, tokenizer = _from_checkpoint(run_dir, job, labels)
-        merged = method.merged()
+        return METHOD_CLASSES[job.method].merge_saved(model, run_dir), tokenizer, labels
+    method, tokenizer = _from_checkpoint(run_dir, job, labels)
+    return method.merged(), tokenizer, labels
+
+
+def merge_model(run_dir: Path, out: Path) -> Path:
+    """A plain transformers model folder with the update folded into the weights."""
+    job, _ = _run(run_dir)
+    if _finished(run_dir) and not METHODS[job.method].adapter:
+        shutil.copytree(run_dir / MODEL_DIR, out, dirs_exist_ok=True)  # it is the merge
+        return out
+    merged, tokenizer, _ = trained_model(run_dir)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def predict(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
+    """Label and class probabilities of each text under the run's trained model."""
+    import torch
+
+    model, tokenizer, labels = trained_model(run_dir)
+    model.eval()
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        probs = torch.softmax(model(**batch).logits.float(), dim=-1)
+    return [
+        {
+            "label": labels[int(row.argmax())],
+            "probabilities": {
+                name: round(float(p), 4) for name, p in zip(labels, row, strict=True)
+            },
+        }
+        for row in probs
+    ]
