@@ -20,6 +20,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,13 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dora_core.contracts.job import JobConfig, JobConfigError
-from dora_core.contracts.rundir import JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
+from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
 from dora_core.reporting import report_event, report_state
 from dora_core.worker.data import BatchPlan, Encoded, collate, encode
 from dora_core.worker.models import load_model, load_tokenizer
@@ -44,6 +47,7 @@ from dora_core.worker.train import checkpoint, ddp
 from dora_core.worker.train.evaluation import evaluate
 from dora_core.worker.train.methods import Method, build_method
 from dora_core.worker.train.plan import Plan, default_run_dir, prepare
+from dora_core.worker.train.summary import summary_lines
 
 log = logging.getLogger("dora.train")
 
@@ -317,7 +321,10 @@ class Worker:
             dynamic_ncols=True,
         )
         last_checkpoint = self.step
-        with bar:
+        # Log lines (evaluations, checkpoints) go through tqdm so they do not break the bar.
+        console = [logging.getLogger("dora")]
+        redirect = logging_redirect_tqdm(console) if progress else contextlib.nullcontext()
+        with bar, redirect:
             while self.step < total:
                 scalars = self._train_step(batches)
                 self._report_step(scalars)
@@ -347,6 +354,18 @@ class Worker:
         self.reporter.event(self.step, "cancelled", message)
         return Outcome("cancelled", self.plan.run_dir, {"step": self.step})
 
+    def _dashboard_url(self) -> str | None:
+        """The run's dashboard page when it reports: DORA_DASH_URL, or make run's default
+        (port 8050) when the API is on this machine."""
+        run_id = getattr(getattr(self.reporter, "journal", None), "run_id", None)
+        api = getattr(self.reporter, "api_url", None)
+        dash = os.environ.get("DORA_DASH_URL")
+        if run_id is None or api is None:
+            return None
+        if dash is None and urlsplit(api).hostname in ("127.0.0.1", "localhost", "::1"):
+            dash = "http://127.0.0.1:8050"
+        return f"{dash.rstrip('/')}/runs/{run_id}" if dash else None
+
     def _finish(self) -> Outcome:
         metrics = self.last_eval if self.last_eval is not None else self._evaluate()
         result: dict[str, Any] = {
@@ -366,12 +385,16 @@ class Worker:
         if self.main:
             self.method.save_final(self.plan.run_dir, self.tokenizer)
             _write_json(self.plan.run_dir / RESULT_FILE, result)
-            log.info(
-                "done: dev accuracy %.4f, macro-F1 %.4f; adapter in %s",
-                metrics["accuracy"],
-                metrics["macro_f1"],
+            adapter = self.plan.run_dir / ADAPTER_DIR
+            lines = summary_lines(
+                result,
+                self.method.modules(),
                 self.plan.run_dir,
+                adapter if adapter.is_dir() else None,
+                self._dashboard_url(),
             )
+            for line in lines:
+                log.info("%s", line)
         ddp.barrier()
         self.reporter.event(
             self.step, "finished", f"dev accuracy {metrics['accuracy']:.4f}", result
