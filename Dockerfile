@@ -29,4 +29,8 @@ RUN pip install --no-cache-dir -c constraints.txt '.[train,server,dashboard]' 'p
 
 VOLUME ["/data"]
 EXPOSE 8000 8050
-CMD ["python", "-m", "backend"]
+# The API; one uvicorn process, since it is also the job queue (docker-compose.yml says
+# why). The dashboard runs from the same image under gunicorn (see docker-compose.yml).
+# Beyond loopback without DORA_API_TOKEN the API answers other machines 403.
+CMD ["uvicorn", "backend.main:app", "--host=0.0.0.0", "--port=8000", "--workers=1", \
+     "--timeout-graceful-shutdown=5"]

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from backend.address import LearnAddress, ServerAddress
 from backend.db import Database
 from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
@@ -22,6 +23,8 @@ from dora_core import __version__
 def create_app(settings: Settings | None = None, launcher: Launcher | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     launcher = launcher or LocalProcessLauncher()
+    # Where workers report: DORA_API_URL, else where this server really listens.
+    address = ServerAddress(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -29,8 +32,11 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         db.migrate()
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         reconcile(db, launcher)  # runs left open by an earlier API process
-        jobs = JobQueue(db, settings, launcher)
-        jobs.start_queued()  # jobs still waiting when an earlier API process stopped
+        address.start()
+        jobs = JobQueue(db, settings, launcher, address=address)
+        # Jobs still waiting when an earlier API process stopped; without DORA_API_URL they
+        # start at the watcher's first pass after the server's socket is bound.
+        jobs.start_queued()
         # A worker that ended frees a slot: each pass also starts what now fits.
         watcher = Watcher(db, launcher, settings.watch_interval_s, after_pass=jobs.start_queued)
         watcher.start()
@@ -64,6 +70,8 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         )
     for module in (health, runs, telemetry, queries, stream, jobs, presets, artifacts):
         app.include_router(module.router, prefix="/api")
+    # Outermost: every request that reaches the socket says where the server listens.
+    app.add_middleware(LearnAddress, address=address)
     default_openapi = app.openapi
     app.openapi = lambda: telemetry.document(default_openapi())  # type: ignore[method-assign]
     return app

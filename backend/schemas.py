@@ -50,7 +50,12 @@ class RunCreate(_Request):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"name": "dora-minilm", "config": {"model": "minilm", "max_steps": 200}}]
+            "examples": [
+                {
+                    "name": "dora-minilm",
+                    "config": {"model": "minilm", "dataset": "rt-snippets", "max_steps": 200},
+                }
+            ]
         },
     )
 

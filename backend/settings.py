@@ -40,6 +40,13 @@ def exposure_error(host: str, api_token: str | None) -> str | None:
     )
 
 
+def http_url(host: str, port: int) -> str:
+    """``http://host:port`` to reach a server bound there: a wildcard bind (0.0.0.0, ::)
+    through loopback, an IPv6 address in brackets."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class SettingsError(ValueError):
     """An environment variable with a value we cannot use (one line, names the variable)."""
 
@@ -171,7 +178,8 @@ class Settings(EnvSettings):
     # A job's model/dataset that is not a preset must lie inside one of these (os.pathsep-separated).
     model_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     dataset_roots: Annotated[tuple[Path, ...], NoDecode] = ()
-    # URL handed to workers (DORA_API_URL); empty: http://<host>:<port>, loopback for 0.0.0.0.
+    # URL handed to workers (DORA_API_URL); empty: where the server really listens
+    # (backend.address), else configured_url.
     api_url: str = ""
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
@@ -228,15 +236,11 @@ class Settings(EnvSettings):
             return value
         return (data_dir / ("models" if info.field_name == "model_roots" else "datasets"),)
 
-    @field_validator("api_url")
-    @classmethod
-    def _own_url(cls, value: str, info: ValidationInfo) -> str:
-        if value or "host" not in info.data or "port" not in info.data:
-            return value
-        host = info.data["host"]
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{info.data['port']}"
+    @property
+    def configured_url(self) -> str:
+        """http://DORA_API_HOST:DORA_API_PORT, loopback for a wildcard host: what
+        ``python -m backend`` binds, which another server command may not."""
+        return http_url(self.host, self.port)
 
     @property
     def runs_dir(self) -> Path:

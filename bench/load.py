@@ -263,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         with api_server(folder, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:
             for w in workers:
-                created = http.post("/api/runs", json={"name": f"load {w.index}", "config": {}})
+                created = http.post(
+                    "/api/runs",
+                    json={
+                        "name": f"load {w.index}",
+                        "config": {"model": "minilm", "dataset": "rt-snippets"},
+                    },
+                )
                 w.run_id = created.json()["id"]
                 http.post(
                     f"/api/runs/{w.run_id}/register", json={"modules": modules}

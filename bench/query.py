@@ -45,7 +45,10 @@ def build_run(settings: Settings, steps: int, per_batch: int = 100) -> int:
     db.migrate()
     modules = roberta_modules()
     with db.writer() as session:
-        run = runs.new_run(parse_job_config({"max_steps": steps}), "bench: roberta-base")
+        run = runs.new_run(
+            parse_job_config({"model": "roberta-base", "dataset": "synthetic", "max_steps": steps}),
+            "bench: roberta-base",
+        )
         session.add(run)
         session.commit()
         run_id = run.id

@@ -40,6 +40,26 @@ def test_database_url_is_wired(compose: dict) -> None:
     assert "DATABASE_URL" in env
 
 
+def test_production_servers(compose: dict) -> None:
+    """The dashboard under gunicorn (several processes, app built before they fork); the
+    API under uvicorn in ONE process, since that process is also the job queue."""
+    dash = compose["services"]["dashboard"]["command"]
+    assert dash[:2] == ["gunicorn", "dashboard.wsgi:create_server()"] and "--preload" in dash
+    assert "--bind=0.0.0.0:8050" in dash
+    api = compose["services"]["api"]["command"]
+    assert api[:2] == ["uvicorn", "backend.main:app"] and "--workers=1" in api
+    assert "--port=8000" in api
+    # the workers are told where uvicorn really listens: no hand-kept copy of the address
+    assert "DORA_API_URL" not in compose["services"]["api"]["environment"]
+    # gunicorn's bind and the dashboard's own idea of it (the login rule reads it) agree
+    dash_env = compose["services"]["dashboard"]["environment"]
+    assert f"--bind={dash_env['DORA_DASH_HOST']}:{dash_env['DORA_DASH_PORT']}" in dash
+
+
+# what `docker compose config` needs set: the API token and the dashboard's users
+SECRETS = {"DORA_API_TOKEN": "test-token", "DORA_DASH_USERS": "alice:scrypt:16384:8:1:c2FsdA:a2V5"}
+
+
 def _compose_cmd() -> list[str] | None:
     docker = shutil.which("docker")
     if (
@@ -65,7 +85,7 @@ def test_docker_compose_config_validates(profile: str | None) -> None:
         text=True,
         cwd=REPO_ROOT,
         timeout=60,
-        env={**os.environ, "DORA_API_TOKEN": "test-token"},
+        env={**os.environ, **SECRETS},
     )
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
@@ -74,14 +94,16 @@ def test_docker_compose_config_validates(profile: str | None) -> None:
         assert "postgres" in rendered["services"]
 
 
-def test_compose_refuses_to_start_without_a_token() -> None:
-    """The API listens beyond loopback inside its container, so a token is mandatory."""
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_a_token_or_users(missing: str) -> None:
+    """Both listen beyond loopback inside their containers: the API needs a token, the
+    dashboard a login (it would refuse to start without a user anyway)."""
     cmd = _compose_cmd()
     if cmd is None:
         pytest.skip("no `docker compose` plugin and no docker-compose binary on this machine")
-    env = {k: v for k, v in os.environ.items() if k != "DORA_API_TOKEN"}
+    env = {k: v for k, v in {**os.environ, **SECRETS}.items() if k != missing}
     out = subprocess.run(
         [*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=REPO_ROOT, env=env
     )
     assert out.returncode != 0
-    assert "DORA_API_TOKEN" in out.stderr
+    assert missing in out.stderr

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from dora_core.contracts.job import JobConfig, JobConfigError, load_job_config, parse_job_config
+from dora_core.contracts.job import (
+    JobConfig,
+    JobConfigError,
+    fields_help,
+    load_job_config,
+    parse_job_config,
+)
+
+# What a job must name; every other field has a default.
+MINIMAL = {"model": "minilm", "dataset": "rt-snippets"}
 
 
 def test_defaults_follow_the_paper() -> None:
-    cfg = parse_job_config({})
+    cfg = parse_job_config(MINIMAL)
     assert cfg.target_rank == 8 and cfg.start_rank == 12  # r' = ceil(1.5 b(T))
     assert (cfg.beta, cfg.warmup_frac, cfg.final_frac) == (0.9, 0.15, 0.5)
     assert (cfg.alpha, cfg.dropout, cfg.weight_decay, cfg.warmup_ratio, cfg.grad_clip) == (
@@ -24,7 +34,7 @@ def test_defaults_follow_the_paper() -> None:
 
 @pytest.mark.parametrize("b", [1, 2, 3, 7, 8, 33])
 def test_start_rank_is_ceil_one_and_a_half(b: int) -> None:
-    assert parse_job_config({"target_rank": b}).start_rank == math.ceil(1.5 * b)
+    assert parse_job_config({**MINIMAL, "target_rank": b}).start_rank == math.ceil(1.5 * b)
 
 
 @pytest.mark.parametrize(
@@ -45,21 +55,23 @@ def test_start_rank_is_ceil_one_and_a_half(b: int) -> None:
 )
 def test_bad_fields_are_named(data: dict, field: str, fragment: str) -> None:
     with pytest.raises(JobConfigError) as info:
-        parse_job_config(data)
+        parse_job_config({**MINIMAL, **data})
     fields = [f for f, _ in info.value.errors]
     assert fields == [field]
     assert fragment in str(info.value)
 
 
 def test_config_is_immutable() -> None:
-    cfg = parse_job_config({})
+    cfg = parse_job_config(MINIMAL)
     with pytest.raises(Exception, match="frozen"):
         cfg.lr = 1.0  # type: ignore[misc]
 
 
 def test_load_yaml_and_json(tmp_path) -> None:
-    (tmp_path / "a.yaml").write_text("method: lora\ntarget_rank: 2\n")
-    (tmp_path / "b.json").write_text('{"method": "adalora", "max_steps": 10}')
+    (tmp_path / "a.yaml").write_text(
+        "model: minilm\ndataset: rt-snippets\nmethod: lora\ntarget_rank: 2\n"
+    )
+    (tmp_path / "b.json").write_text(json.dumps({**MINIMAL, "method": "adalora", "max_steps": 10}))
     assert load_job_config(tmp_path / "a.yaml").method == "lora"
     cfg = load_job_config(tmp_path / "b.json")
     assert isinstance(cfg, JobConfig) and cfg.max_steps == 10
@@ -74,3 +86,25 @@ def test_load_reports_missing_and_broken_files(tmp_path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(JobConfigError, match="mapping"):
         load_job_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "missing"),
+    [
+        ({}, ["model", "dataset"]),
+        ({"dataset": "rt-snippets"}, ["model"]),
+        ({"model": "minilm", "max_steps": 5}, ["dataset"]),
+    ],
+)
+def test_a_job_without_model_or_dataset_is_refused(data: dict, missing: list[str]) -> None:
+    """No silent default job: `{}` used to train MiniLM on rt-snippets for 3 epochs."""
+    with pytest.raises(JobConfigError) as info:
+        parse_job_config(data)
+    assert [f for f, _ in info.value.errors] == missing
+    assert all(msg.startswith("required") for _, msg in info.value.errors)
+
+
+def test_required_fields_say_so_in_the_field_list() -> None:
+    listed = {line.split()[0]: line for line in fields_help().splitlines() if line[2:3] != " "}
+    assert listed["model"].endswith("required") and listed["dataset"].endswith("required")
+    assert "default 16" in listed["batch_size"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from backend.address import ServerAddress
 from backend.db import Database
 from backend.errors import Busy, Conflict, Invalid, NotFound
 from backend.jobpaths import confine
@@ -84,8 +85,16 @@ class JobQueue:
     (milliseconds), never while one is waited for.
     """
 
-    def __init__(self, db: Database, settings: Settings, launcher: Launcher):
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        launcher: Launcher,
+        address: ServerAddress | None = None,
+    ):
         self.db, self.settings, self.launcher = db, settings, launcher
+        # Where workers report (DORA_API_URL): the server's real address (backend.address).
+        self.address = address or ServerAddress.configured(settings)
         self.lock = threading.Lock()
 
     def submit(self, data: object) -> Run:
@@ -130,15 +139,20 @@ class JobQueue:
         """Start the oldest waiting runs while fewer than ``max_jobs`` launched workers live.
 
         Returns the ids of the runs whose workers started (or failed to).
+        Nothing starts while the server's address is not known yet (start-up,
+        before the socket is bound): a worker must be told where to report.
         """
         with self.db.reader() as session:  # the common case (every watcher pass): no write lock
             if session.scalar(select(Run.id).where(waiting_clause()).limit(1)) is None:
                 return []
+        api_url = self.address.url()
+        if api_url is None:
+            return []
         started = []
         with self.lock:
             while (claimed := self._claim_next()) is not None:
                 run, token = claimed
-                self._start(run, token)
+                self._start(run, token, api_url)
                 started.append(run.id)
         return started
 
@@ -170,7 +184,7 @@ class JobQueue:
             session.commit()
         return run, token
 
-    def _start(self, run: Run, token: str) -> None:
+    def _start(self, run: Run, token: str, api_url: str) -> None:
         """Start the claimed run's worker; a start that fails (OSError) fails the run."""
         run_dir = Path(run.run_dir) if run.run_dir else self.settings.runs_dir / str(run.id)
         spec = LaunchSpec(
@@ -179,7 +193,7 @@ class JobQueue:
             run_dir=run_dir,
             log_file=run_dir / WORKER_LOG,
             env={
-                "DORA_API_URL": self.settings.api_url,
+                "DORA_API_URL": api_url,
                 "DORA_RUN_ID": str(run.id),
                 "DORA_INGEST_TOKEN": token,
                 "DORA_DATA_DIR": str(self.settings.data_dir),

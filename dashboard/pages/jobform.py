@@ -230,9 +230,13 @@ def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
         )
     if field in ("model", "dataset") or kind == "enum":
         presets_of = field in ("model", "dataset")
+        options = _preset_options(presets, field) if presets_of else prop.get("enum", [])
+        if presets_of and default is None:
+            # required, no default: the first installed preset, so one click still submits
+            default = next((o["value"] for o in options if not o["disabled"]), None)
         return dcc.Dropdown(
             id=fid,
-            options=_preset_options(presets, field) if presets_of else prop.get("enum", []),
+            options=options,
             value=default,
             clearable=False,
             className="form-dropdown",

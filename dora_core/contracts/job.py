@@ -66,13 +66,12 @@ class JobConfig(BaseModel):
         max_length=120,
         description="Run name shown in the dashboard; default: <method>-<model>-<dataset>",
     )
+    # Required: an empty job ({}) is refused rather than silently training a default one.
     model: str = Field(
-        "minilm",
         min_length=1,
         description="Model preset (minilm, smollm2-135m) or a local transformers folder",
     )
     dataset: str = Field(
-        "rt-snippets",
         min_length=1,
         description="Dataset preset (rt-snippets, sms-spam, bbc-news, tweets) or a local .csv/.jsonl file",
     )
@@ -230,6 +229,8 @@ def parse_job_config(data: Any) -> JobConfig:
             field, msg = _split_field(_field_of(err["loc"]), err["msg"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown field; see `dora train --help` for the list"
+            elif err["type"] == "missing" and field in JobConfig.model_fields:
+                msg = f"required: {JobConfig.model_fields[field].description}"
             elif (
                 "input" in err
                 and err["type"] not in ("missing",)
@@ -259,9 +260,9 @@ def fields_help() -> str:
     """One line per field: name, type, default, description (for `dora train --help`)."""
     lines = []
     for name, info in JobConfig.model_fields.items():
-        default = info.default
+        default = "required" if info.is_required() else f"default {info.default!r}"
         ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace(
             "typing.", ""
         )
-        lines.append(f"  {name:<18} {ann:<22} default {default!r}\n      {info.description}")
+        lines.append(f"  {name:<18} {ann:<22} {default}\n      {info.description}")
     return "\n".join(lines)

@@ -157,7 +157,8 @@ MODULES = [
 
 
 def new_run(client: TestClient, register: bool = True, modules: list | None = None) -> int:
-    resp = client.post("/api/runs", json={"name": "t", "config": {"max_steps": 100}})
+    config = {"model": "minilm", "dataset": "rt-snippets", "max_steps": 100}
+    resp = client.post("/api/runs", json={"name": "t", "config": config})
     assert resp.status_code == 201, resp.text
     run_id = resp.json()["id"]
     if register:

@@ -313,7 +313,9 @@ def test_a_restarted_api_starts_the_queued_jobs_and_fails_one_caught_mid_start(
         gone = _run(second, orphan["id"])  # reconciled before serving
         assert gone["status"] == "failed"
         assert gone["error"] == "the API stopped before it could start this job's worker"
-        assert recording.started == [waiting[0]["id"]]  # started at start-up, before serving
+        # started once the API knows where it serves (here: at its first request, in-process)
+        wait_until("the first queued job to start", lambda: recording.started, timeout=15)
+        assert recording.started[0] == waiting[0]["id"]
         assert _final(second, waiting[0]["id"])["status"] == "completed"
         wait_until("the next queued job", lambda: _started(second, waiting[1]["id"]), timeout=15)
         env_of(second, waiting[1]["id"])

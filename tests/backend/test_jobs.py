@@ -64,6 +64,29 @@ def test_bad_job_config_is_422_naming_the_field(client, database_url, fields, lo
     assert row_counts(database_url)["runs"] == 0
 
 
+@pytest.mark.parametrize(
+    ("config", "missing"),
+    [
+        ({}, ["model", "dataset"]),
+        ({"model": "minilm", "max_steps": 5}, ["dataset"]),
+        ({"dataset": "rt-snippets"}, ["model"]),
+    ],
+)
+def test_a_job_without_model_or_dataset_is_422_naming_it(
+    client, settings, database_url, config, missing
+) -> None:
+    """`{}` used to launch a 3-epoch MiniLM job on rt-snippets (the schema's defaults)."""
+    launched = client.post("/api/jobs", json=config)
+    created = client.post("/api/runs", json={"config": config})
+    for resp, prefix in ((launched, ["body"]), (created, ["body", "config"])):
+        assert resp.status_code == 422, resp.text
+        detail = resp.json()["detail"]
+        assert [err["loc"] for err in detail] == [[*prefix, field] for field in missing]
+        assert all(err["msg"].startswith("required: ") for err in detail)
+    assert row_counts(database_url)["runs"] == 0
+    assert not settings.runs_dir.exists() or not any(settings.runs_dir.iterdir())
+
+
 def test_job_body_must_be_a_json_object(client) -> None:
     not_json = client.post(
         "/api/jobs", content=b"{nope", headers={"content-type": "application/json"}
@@ -113,7 +136,8 @@ def test_worker_gets_its_run_env_and_log_and_nothing_secret(client, settings, mo
     job = json.loads((run_dir / "job.json").read_text())
     assert job["output_dir"] == str(run_dir) and job["name"] == "ok" and job["max_steps"] == 20
     env = env_of(client, run["id"])
-    assert env["DORA_API_URL"] == settings.api_url == "http://127.0.0.1:8000"
+    # served in-process (TestClient): no socket, so DORA_API_HOST:DORA_API_PORT (test_address.py)
+    assert env["DORA_API_URL"] == settings.configured_url == "http://127.0.0.1:8000"
     assert env["DORA_RUN_ID"] == str(run["id"])
     assert env["DORA_DATA_DIR"] == str(settings.data_dir)
     assert env["DORA_API_TOKEN"] is None and env["DATABASE_URL"] is None
@@ -209,7 +233,9 @@ def test_cancel_kills_a_worker_that_ignores_sigterm(make_settings, stand_in) -> 
 
 
 def test_cancel_of_a_run_not_launched_here_is_409(client) -> None:
-    run_id = client.post("/api/runs", json={"config": {}}).json()["id"]
+    run_id = client.post(
+        "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+    ).json()["id"]
     resp = client.post(f"/api/jobs/{run_id}/cancel")
     assert resp.status_code == 409 and "not launched by this API" in resp.json()["detail"]
     assert client.get(f"/api/jobs/{run_id}/log").status_code == 404

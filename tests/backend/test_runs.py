@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from tests.backend.conftest import MODULES, new_run, row_counts, scores_record
 
+MINIMAL = {"model": "minilm", "dataset": "rt-snippets"}  # what every job must name
+
 
 def test_create_run_checks_the_config_with_the_shared_schema(client) -> None:
     resp = client.post(
-        "/api/runs", json={"name": "mine", "config": {"model": "minilm", "max_steps": 50}}
+        "/api/runs",
+        json={
+            "name": "mine",
+            "config": {"model": "minilm", "dataset": "rt-snippets", "max_steps": 50},
+        },
     )
     assert resp.status_code == 201
     run = resp.json()
@@ -22,19 +28,21 @@ def test_create_run_checks_the_config_with_the_shared_schema(client) -> None:
 
 
 def test_create_run_default_name_comes_from_the_config(client) -> None:
-    resp = client.post("/api/runs", json={"config": {"method": "lora", "dataset": "sms-spam"}})
+    resp = client.post(
+        "/api/runs", json={"config": {"method": "lora", "model": "minilm", "dataset": "sms-spam"}}
+    )
     assert resp.json()["name"] == "lora-minilm-sms-spam"
 
 
 def test_create_run_bad_config_names_the_field(client, database_url) -> None:
     resp = client.post(
-        "/api/runs", json={"name": "x", "config": {"target_rank": 8, "init_rank": 4}}
+        "/api/runs", json={"name": "x", "config": {**MINIMAL, "target_rank": 8, "init_rank": 4}}
     )
     assert resp.status_code == 422
     [err] = resp.json()["detail"]
     assert err["loc"] == ["body", "config", "init_rank"]
     assert "at least target_rank" in err["msg"]
-    resp = client.post("/api/runs", json={"config": {"lr": "fast"}})
+    resp = client.post("/api/runs", json={"config": {**MINIMAL, "lr": "fast"}})
     assert resp.json()["detail"][0]["loc"] == ["body", "config", "lr"]
     assert row_counts(database_url)["runs"] == 0
 
@@ -181,9 +189,14 @@ def test_out_of_range_ids_and_steps_are_422_not_500(client) -> None:
 
 def test_nul_characters_are_refused_where_text_is_stored(client, database_url) -> None:
     """PostgreSQL text cannot hold NUL; every database gets the same clear 422."""
-    bad_name = client.post("/api/runs", json={"name": "a\x00b", "config": {}})
+    bad_name = client.post(
+        "/api/runs",
+        json={"name": "a\x00b", "config": {"model": "minilm", "dataset": "rt-snippets"}},
+    )
     assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["loc"] == ["body", "name"]
-    bad_config = client.post("/api/runs", json={"config": {"model": "min\x00lm"}})
+    bad_config = client.post(
+        "/api/runs", json={"config": {"model": "min\x00lm", "dataset": "rt-snippets"}}
+    )
     assert bad_config.json()["detail"][0]["loc"] == ["body", "config", "model"]
     run_id = new_run(client, register=False)
     module = {**MODULES[0], "name": "enc\x00"}

@@ -25,9 +25,11 @@ MASTER = {"Authorization": "Bearer s3cret"}
 
 
 def test_write_endpoints_need_the_token_when_one_is_set(locked) -> None:
-    run_id = locked.post("/api/runs", json={"config": {}}, headers=MASTER).json()["id"]
+    run_id = locked.post(
+        "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}, headers=MASTER
+    ).json()["id"]
     writes = [
-        ("POST", "/api/runs", {"config": {}}),
+        ("POST", "/api/runs", {"config": {"model": "minilm", "dataset": "rt-snippets"}}),
         ("POST", f"/api/runs/{run_id}/register", {"modules": MODULES}),
         ("POST", f"/api/runs/{run_id}/telemetry", {"seq": 0}),
         ("POST", "/api/jobs", {"max_steps": 5}),
@@ -47,7 +49,9 @@ def test_write_endpoints_need_the_token_when_one_is_set(locked) -> None:
 
 
 def test_reads_stay_open_with_a_token(locked) -> None:
-    run_id = locked.post("/api/runs", json={"config": {}}, headers=MASTER).json()["id"]
+    run_id = locked.post(
+        "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}, headers=MASTER
+    ).json()["id"]
     for path in (
         "/api/health",
         "/api/runs",
@@ -61,7 +65,9 @@ def test_reads_stay_open_with_a_token(locked) -> None:
 
 def test_runs_created_by_hand_have_no_ingest_token(locked) -> None:
     """Their worker writes with the API token (it has DORA_API_TOKEN)."""
-    run_id = locked.post("/api/runs", json={"config": {}}, headers=MASTER).json()["id"]
+    run_id = locked.post(
+        "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}, headers=MASTER
+    ).json()["id"]
     resp = locked.post(
         f"/api/runs/{run_id}/telemetry",
         json={"seq": 0},
@@ -94,7 +100,7 @@ def test_settings_defaults_are_safe(tmp_path) -> None:
     assert s.is_loopback and s.max_body_bytes == 8 * 1024 * 1024
     assert s.database_url == f"sqlite:///{tmp_path / 'dora.db'}"
     assert s.model_roots == (tmp_path / "models",) and s.dataset_roots == (tmp_path / "datasets",)
-    assert s.api_url == "http://127.0.0.1:8000"
+    assert s.api_url == "" and s.configured_url == "http://127.0.0.1:8000"
     wide = Settings.from_env(
         {
             "DORA_API_HOST": "0.0.0.0",
@@ -103,7 +109,7 @@ def test_settings_defaults_are_safe(tmp_path) -> None:
             "DORA_CORS_ORIGINS": "http://x, http://y",
         }
     )
-    assert not wide.is_loopback and wide.api_url == "http://127.0.0.1:9000"
+    assert not wide.is_loopback and wide.configured_url == "http://127.0.0.1:9000"
     assert wide.model_roots == (Path("/a"), Path("/b")) and wide.cors_origins == (
         "http://x",
         "http://y",
@@ -214,7 +220,9 @@ def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path)
     url = f"http://127.0.0.1:{port}"
     proc = start_server(["-m", "backend"], env, f"{url}/api/health", tmp_path / "api.log")
     try:
-        run_id = httpx.post(f"{url}/api/runs", json={"config": {}}).json()["id"]
+        run_id = httpx.post(
+            f"{url}/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+        ).json()["id"]
         httpx.post(
             f"{url}/api/runs/{run_id}/register", json={"modules": MODULES}
         ).raise_for_status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dash import html, no_update
@@ -144,8 +145,8 @@ def test_ordinal(n: int, text: str) -> None:
 SCHEMA = {
     "properties": {
         "name": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        "model": {"type": "string", "default": "minilm"},
-        "dataset": {"type": "string", "default": "rt-snippets"},
+        "model": {"type": "string"},  # required: no default
+        "dataset": {"type": "string"},
         "method": {
             "enum": ["dora", "lora", "adalora", "full"],
             "type": "string",
@@ -202,6 +203,64 @@ def test_form_values_become_a_job_config() -> None:
         "dem_after_freeze": True,
         "target_modules": ["query", "value"],
     }
+
+
+def _preset(name: str, kind: str, available: bool) -> dict:
+    return {"name": name, "kind": kind, "description": name, "available": available}
+
+
+class _FormApi:
+    """What the job form asks the API: the real job schema and a chosen preset list."""
+
+    def __init__(self, presets: list[dict]):
+        self._presets = presets
+
+    def job_schema(self) -> dict:
+        from dora_core.contracts.job import JobConfig
+
+        return JobConfig.model_json_schema()
+
+    def presets(self) -> list[dict]:
+        return self._presets
+
+
+def _value_of(tree: Any, component_id: str) -> Any:
+    """The ``value`` of the component with ``component_id`` in a layout tree."""
+    if getattr(tree, "id", None) == component_id:
+        return tree.value
+    children = tree if isinstance(tree, list | tuple) else getattr(tree, "children", None)
+    for child in children if isinstance(children, list | tuple) else [children]:
+        if child is not None and not isinstance(child, str):
+            found = _value_of(child, component_id)
+            if found is not _MISSING:
+                return found
+    return _MISSING
+
+
+_MISSING = object()
+
+
+def test_model_and_dataset_have_no_default_so_the_form_preselects_an_installed_preset() -> None:
+    """A job must name both (the API refuses `{}`); the form still submits with one click."""
+    api = _FormApi(
+        [
+            _preset("minilm", "model", available=False),
+            _preset("smollm2-135m", "model", available=True),
+            _preset("rt-snippets", "dataset", available=True),
+            _preset("tweets", "dataset", available=True),
+        ]
+    )
+    schema = api.job_schema()
+    assert {"model", "dataset"} <= set(schema["required"])
+    assert "default" not in schema["properties"]["model"]
+    form = jobform.layout(api)  # type: ignore[arg-type]
+    model, dataset = _value_of(form, "job-model"), _value_of(form, "job-dataset")
+    assert (model, dataset) == ("smollm2-135m", "rt-snippets")  # the first installed of each
+    config = jobform.form_to_config({"model": model, "dataset": dataset}, schema)
+    assert config == {"model": "smollm2-135m", "dataset": "rt-snippets"}
+    # nothing installed: nothing chosen, and the API's 422 names the field
+    bare = jobform.layout(_FormApi([_preset("minilm", "model", available=False)]))  # type: ignore[arg-type]
+    assert _value_of(bare, "job-model") is None
 
 
 def test_unreadable_numbers_go_to_the_api_as_typed() -> None:

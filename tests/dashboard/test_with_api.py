@@ -20,6 +20,9 @@ from tests.dashboard.conftest import start_server, stop_server
 from tests.dashboard.helpers import METHODS, apply_patch, graphs, texts
 from tests.dashboard.simulate import SimulatedRun
 
+# What the form's model and dataset dropdowns hold when it opens (the first installed presets).
+PRESETS = {"model": "minilm", "dataset": "rt-snippets"}
+
 pytestmark = pytest.mark.slow
 
 
@@ -147,13 +150,13 @@ def test_job_form_shows_the_apis_422_next_to_each_field(api_url: str, client: Ap
     path, fields, general = jobform.submit(
         client,
         schema,
-        {"method": "dora", "target_rank": "four", "lr": "-1", "model": "minilm"},
+        {**PRESETS, "method": "dora", "target_rank": "four", "lr": "-1"},
     )
     assert path is None and general is None
     assert "integer" in fields["target_rank"]
     assert "greater than 0" in fields["lr"]
     # a cross-field rule names its field too
-    _, fields, _ = jobform.submit(client, schema, {"target_rank": "8", "init_rank": "6"})
+    _, fields, _ = jobform.submit(client, schema, {**PRESETS, "target_rank": "8", "init_rank": "6"})
     assert "init_rank" in fields and "at least target_rank" in fields["init_rank"]
     assert client.runs()["total"] == before  # nothing was created
 
@@ -216,7 +219,13 @@ def test_submit_opens_the_new_run_and_cancel_stops_it(api_url: str, client: ApiC
     path, fields, general = jobform.submit(
         client,
         schema,
-        {"name": "cancel me", "max_steps": "500", "max_train_samples": "16", "seed": "1"},
+        {
+            **PRESETS,
+            "name": "cancel me",
+            "max_steps": "500",
+            "max_train_samples": "16",
+            "seed": "1",
+        },
     )
     assert (fields, general) == ({}, None)
     run_id = int(path.removeprefix("/runs/"))

@@ -328,8 +328,16 @@ def test_the_largest_step_is_taken(client) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "loc"),
     [
-        ("/api/runs", '{"name": "a\\ud800", "config": {}}', ["body", "name"]),
-        ("/api/jobs", '{"name": "a\\udfff", "max_steps": 5}', ["body", "name"]),
+        (
+            "/api/runs",
+            '{"name": "a\\ud800", "config": {"model": "minilm", "dataset": "rt-snippets"}}',
+            ["body", "name"],
+        ),
+        (
+            "/api/jobs",
+            '{"name": "a\\udfff", "model": "minilm", "dataset": "rt-snippets", "max_steps": 5}',
+            ["body", "name"],
+        ),
         ("/api/jobs", '{"\\ud800": 1}', ["body"]),
         ("/api/jobs", "[" * 5000 + "]" * 5000, ["body"]),
         ("/api/runs", '{"config": %s}' % ("[" * 900 + "]" * 900), ["body", "config"]),

@@ -180,7 +180,9 @@ def test_api_killed_while_a_job_runs_then_restarted(api_factory) -> None:
         leaked = [p for p in files if p.exists() and ingest_token.encode() in p.read_bytes()]
         assert leaked == []
         # ... and it writes to its own run only.
-        other = http.post("/api/runs", json={"config": {}}).json()["id"]
+        other = http.post(
+            "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+        ).json()["id"]
         as_worker = {"Authorization": f"Bearer {ingest_token}"}
         refused = [
             ("POST", f"/api/runs/{other}/telemetry", {"seq": 0}),
@@ -279,7 +281,9 @@ conn.execute("COMMIT")
 
 
 def _registered_run(http: httpx.Client) -> int:
-    run_id = http.post("/api/runs", json={"config": {}}).json()["id"]
+    run_id = http.post(
+        "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+    ).json()["id"]
     http.post(f"/api/runs/{run_id}/register", json={"modules": MODULES}).raise_for_status()
     return run_id
 

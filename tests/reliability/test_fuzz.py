@@ -157,7 +157,9 @@ def _seed(http: httpx.Client, previous: list[int]) -> list[int]:
         http.post(f"/api/jobs/{previous[-1]}/cancel")  # 409 if the fuzz got there first
     runs = []
     for _ in range(2):
-        run_id = http.post("/api/runs", json={"config": {}}).json()["id"]
+        run_id = http.post(
+            "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+        ).json()["id"]
         http.post(f"/api/runs/{run_id}/register", json={"modules": MODULES}).raise_for_status()
         batch = {"seq": 0, "scores": [scores_record(1)], "events": [{"step": 1, "kind": "log"}]}
         http.post(f"/api/runs/{run_id}/telemetry", json=batch).raise_for_status()

@@ -158,7 +158,7 @@ def test_without_a_token_other_machines_get_nothing(make_settings, stand_in, dat
             ("GET", "/api/runs", None),
             ("GET", "/api/health", None),
             ("POST", "/api/jobs", {**JOB, "name": "ok"}),
-            ("POST", "/api/runs", {"config": {}}),
+            ("POST", "/api/runs", {"config": {"model": "minilm", "dataset": "rt-snippets"}}),
         ]:
             resp = remote.request(method, path, json=body)
             assert resp.status_code == 403, (path, resp.text)
@@ -195,8 +195,20 @@ def test_with_a_token_other_machines_read_and_write_with_it(make_settings, stand
         make_settings(api_token="s3cret"), stand_in, peer=FROM_ELSEWHERE, base="http://dora:8000"
     ) as remote:
         assert remote.get("/api/runs").status_code == 200
-        assert remote.post("/api/runs", json={"config": {}}).status_code == 401
-        assert remote.post("/api/runs", json={"config": {}}, headers=master).status_code == 201
+        assert (
+            remote.post(
+                "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+            ).status_code
+            == 401
+        )
+        assert (
+            remote.post(
+                "/api/runs",
+                json={"config": {"model": "minilm", "dataset": "rt-snippets"}},
+                headers=master,
+            ).status_code
+            == 201
+        )
 
 
 def test_cross_site_writes_are_refused(make_settings, stand_in, settings) -> None:
@@ -224,13 +236,17 @@ def test_cross_site_writes_are_refused(make_settings, stand_in, settings) -> Non
         assert mine.status_code == 200 and mine.json()["status"] == "cancelled"
 
     with _app_client(make_settings(cors_origins=("http://dash.local",)), stand_in) as client:
-        ok = client.post("/api/runs", json={"config": {}}, headers={"Origin": "http://dash.local"})
+        ok = client.post(
+            "/api/runs",
+            json={"config": {"model": "minilm", "dataset": "rt-snippets"}},
+            headers={"Origin": "http://dash.local"},
+        )
         assert ok.status_code == 201
         assert ok.headers["access-control-allow-origin"] == "http://dash.local"
     with _app_client(make_settings(api_token="s3cret"), stand_in) as client:
         forged = client.post(
             "/api/runs",
-            json={"config": {}},
+            json={"config": {"model": "minilm", "dataset": "rt-snippets"}},
             headers={"Origin": EVIL, "Authorization": "Bearer s3cret"},
         )
         assert forged.status_code == 403
@@ -268,7 +284,7 @@ def test_a_run_token_writes_its_own_run_and_nothing_else(make_settings, stand_in
         for method, path, body in [
             ("POST", f"/api/runs/{b}/register", {"modules": MODULES}),
             ("POST", f"/api/runs/{b}/telemetry", {"seq": 0}),
-            ("POST", "/api/runs", {"config": {}}),
+            ("POST", "/api/runs", {"config": {"model": "minilm", "dataset": "rt-snippets"}}),
             ("POST", "/api/jobs", {**JOB, "name": "ok"}),
             ("POST", f"/api/jobs/{a}/cancel", None),
             ("POST", f"/api/jobs/{b}/cancel", None),
@@ -300,9 +316,13 @@ def test_every_write_endpoint_refuses_an_oversized_body(
     make_settings, stand_in, database_url
 ) -> None:
     with TestClient(create_app(make_settings(max_body_bytes=4096), stand_in)) as client:
-        run_id = client.post("/api/runs", json={"config": {}}).json()["id"]
+        run_id = client.post(
+            "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
+        ).json()["id"]
         before = row_counts(database_url)
-        big = json.dumps({"name": "x" * 5000, "config": {}}).encode()
+        big = json.dumps(
+            {"name": "x" * 5000, "config": {"model": "minilm", "dataset": "rt-snippets"}}
+        ).encode()
         writes = [
             ("POST", "/api/runs", True),
             ("POST", f"/api/runs/{run_id}/register", True),

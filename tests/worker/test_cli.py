@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -85,6 +88,33 @@ def test_bad_jobs_fail_before_training_with_one_line(
     assert fix in err[0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("", "model: required: "),  # an empty file is an empty job
+        ("max_steps: 5\n", "model: required: "),
+        ("model: minilm\nmax_steps: 5\n", "dataset: required: "),
+    ],
+)
+def test_a_job_without_model_or_dataset_exits_2_naming_it(tmp_path, text, named) -> None:
+    """`dora train job.yaml` with no model or dataset: exit 2, one line, before any training."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "dora_core.worker.cli", "train", str(path), "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DORA_API_URL": ""},
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith(f"dora train: error: {named}")
+    assert list(tmp_path.iterdir()) == [path]  # no run directory, nothing written
 
 
 def test_a_used_run_directory_is_not_overwritten(job_file, tmp_path, capsys) -> None:

