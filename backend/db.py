@@ -14,6 +14,7 @@ timeout fixes. Read sessions use a plain deferred BEGIN.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -22,9 +23,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from backend.models import Instance, utcnow
 
 
 def _sqlite_engine(url: str, busy_timeout_s: float, begin: str) -> Engine:
@@ -87,6 +90,17 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             conn.commit()
+
+    def instance_id(self) -> str:
+        """This database's API instance id (made by migration 0005; made here if its row
+        was removed). Two API processes on one database are one instance."""
+        with self.writer() as session:
+            row = session.scalars(select(Instance).order_by(Instance.created_at).limit(1)).first()
+            if row is None:
+                row = Instance(id=uuid.uuid4().hex, created_at=utcnow())
+                session.add(row)
+                session.commit()
+            return row.id
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

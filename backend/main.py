@@ -13,7 +13,7 @@ from backend.db import Database
 from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
-from backend.security import BodyLimit, RequestGuard
+from backend.security import BodyLimit, InstanceCheck, RequestGuard
 from backend.services.jobs import JobQueue
 from backend.settings import Settings
 from backend.watcher import Watcher, reconcile
@@ -30,10 +30,11 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url, settings.sqlite_busy_timeout_s)
         db.migrate()
+        app.state.instance_id = db.instance_id()  # the workers of this database carry it
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         reconcile(db, launcher)  # runs left open by an earlier API process
         address.start()
-        jobs = JobQueue(db, settings, launcher, address=address)
+        jobs = JobQueue(db, settings, launcher, app.state.instance_id, address=address)
         # Jobs still waiting when an earlier API process stopped; without DORA_API_URL they
         # start at the watcher's first pass after the server's socket is bound.
         jobs.start_queued()
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.state.launcher = launcher
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # A worker of another API instance is refused before its body is read or its token checked.
+    app.add_middleware(InstanceCheck, state=app.state)
     # Outside the body limit (refused requests are not read), inside CORS (its headers still apply).
     app.add_middleware(
         RequestGuard, api_token=settings.api_token, cors_origins=settings.cors_origins

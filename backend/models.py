@@ -99,12 +99,30 @@ class Run(Base):
     # Jobs launched by this API: where the worker writes, and how to find it.
     run_dir: Mapped[str | None] = mapped_column(String(4096))
     # When POST /api/jobs queued it; NULL for a run whose worker was started by hand. While
-    # it also has no ingest token (the scheduler sets one right before starting the worker),
-    # the run is waiting in the job queue.
+    # it is also not launched, the run is waiting in the job queue.
     queued_at: Mapped[datetime | None]
+    # When the scheduler took it out of the queue to start its worker (NULL: never launched
+    # by an API, e.g. a run created by a worker started by hand).
+    launched_at: Mapped[datetime | None]
     worker_handle: Mapped[str | None] = mapped_column(String(200))
     worker_exited_at: Mapped[datetime | None]
+    # SHA-256 of the run's writer token: its worker's register and telemetry calls need the
+    # token (or DORA_API_TOKEN). Issued when a launched worker starts, when a worker started
+    # by hand creates its run, and again on request for a resumed worker.
     ingest_token_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class Instance(Base):
+    """The database's API instance id: made once (migration 0005), never changed.
+
+    Workers carry the id of the API that launched them (or created their run);
+    an API answering with another id is not theirs, whatever its address.
+    """
+
+    __tablename__ = "instance"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
 
 
 class Module(Base):

@@ -153,6 +153,27 @@ class RunPublic(BaseModel):
     )
 
 
+class RunCreated(RunPublic):
+    """``POST /api/runs``: the run, its writer token (shown this once) and the API instance."""
+
+    token: str = Field(
+        description="The run's writer token: register and telemetry calls send it as "
+        "`Authorization: Bearer <token>`. Only its hash is stored; it is not shown again."
+    )
+    instance: str = Field(
+        description="This API's instance id: the worker sends it as X-Dora-Instance on "
+        "every write, and an API with another id refuses it (409 wrong_instance)"
+    )
+
+
+class WriterToken(BaseModel):
+    """``POST /api/runs/{id}/token``: a new writer token for a resumed worker."""
+
+    run_id: int
+    token: str
+    instance: str
+
+
 class RunList(BaseModel):
     items: list[RunPublic]
     total: int
@@ -291,3 +312,6 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
     database: str
+    instance: str | None = Field(
+        None, description="This database's API instance id (null while it cannot be read)"
+    )

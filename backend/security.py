@@ -1,10 +1,14 @@
 """Who may write, and how much a request may send.
 
-Tokens are off while ``DORA_API_TOKEN`` is unset (the API then binds to
-loopback only, see ``backend.__main__``). With it set, every write endpoint
-needs ``Authorization: Bearer <DORA_API_TOKEN>``; a run's register and
-telemetry calls also accept that run's own ingest token, which the launcher
-hands to the worker it starts. Reads stay open, like the dashboard.
+Every run has a writer token: the launcher hands it to the worker it starts
+(``DORA_INGEST_TOKEN``), ``POST /api/runs`` returns it to a worker started by
+hand. A run's register and telemetry calls need it (or the API token), with
+or without ``DORA_API_TOKEN``: the token ties a worker to its run in this
+database, so a worker that reaches the wrong API writes nothing. With
+``DORA_API_TOKEN`` set, every other write endpoint needs ``Authorization:
+Bearer <DORA_API_TOKEN>``; without it they are open to this machine. Reads
+stay open, like the dashboard. ``InstanceCheck`` refuses a worker of another
+API instance before any of this.
 
 ``RequestGuard`` holds the same line however the server was started (plain
 ``uvicorn --host 0.0.0.0`` skips ``backend.__main__``'s check) and against
@@ -16,7 +20,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
@@ -25,19 +30,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.db import Database
 from backend.deps import RunId, get_db
+from backend.errors import NotFound
 from backend.models import Run
-from backend.services.jobs import token_hash
+from backend.services.runs import token_hash
 from dora_core.contracts.hosts import is_loopback_host
+from dora_core.contracts.wire import INSTANCE_HEADER, WRONG_INSTANCE
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_BEARER = "Authorization: Bearer <{}>"
 
 # Reads ``Authorization: Bearer <token>`` and declares the scheme in the OpenAPI
-# document (/docs gets an Authorize button). It never answers by itself: without
-# DORA_API_TOKEN no token is needed, so the checks below decide.
+# document (/docs gets an Authorize button). It never answers by itself: the checks
+# below decide.
 bearer = HTTPBearer(
     auto_error=False,
-    description="DORA_API_TOKEN; a run's register and telemetry calls also take that "
-    "run's ingest token (DORA_INGEST_TOKEN). Needed only when the API has DORA_API_TOKEN.",
+    description="A run's register and telemetry calls need that run's writer token "
+    "(DORA_INGEST_TOKEN, or the token POST /api/runs returned) or DORA_API_TOKEN; other "
+    "writes need DORA_API_TOKEN when the API has one.",
 )
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
@@ -50,39 +59,58 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def _require(
+    credentials: HTTPAuthorizationCredentials | None,
+    needs: str,
+    accepted: Callable[[str], bool],
+    refusal: str,
+) -> None:
+    """The one token check: no token is 401 (``needs`` says which), a token ``accepted``
+    refuses is 403 (``refusal``)."""
+    token = _token(credentials)
+    if token is None:
+        raise HTTPException(401, f"this endpoint needs {needs}", _CHALLENGE)
+    if not accepted(token):
+        raise HTTPException(403, refusal, _CHALLENGE)
+
+
 def require_writer(request: Request, credentials: Bearer) -> None:
     """Dependency of write endpoints: the API token when one is configured."""
     expected = request.app.state.settings.api_token
-    if expected is None:
-        return
-    token = _token(credentials)
-    if token is None:
-        raise HTTPException(
-            401, "this endpoint needs Authorization: Bearer <DORA_API_TOKEN>", _CHALLENGE
+    if expected is not None:
+        _require(
+            credentials,
+            _BEARER.format("DORA_API_TOKEN"),
+            lambda t: _same(t, expected),
+            "wrong API token",
         )
-    if not _same(token, expected):
-        raise HTTPException(403, "wrong API token", _CHALLENGE)
 
 
 def require_ingest(
     run_id: RunId, request: Request, db: Annotated[Database, Depends(get_db)], credentials: Bearer
 ) -> None:
-    """Dependency of a run's worker calls: the API token or that run's ingest token."""
-    expected = request.app.state.settings.api_token
-    if expected is None:
-        return
-    token = _token(credentials)
-    if token is None:
-        raise HTTPException(
-            401, "this endpoint needs Authorization: Bearer <DORA_INGEST_TOKEN>", _CHALLENGE
-        )
-    if _same(token, expected):
-        return
+    """Dependency of a run's worker calls: that run's writer token, or the API token when
+    one is configured. Always, also without DORA_API_TOKEN: a worker that reaches an API
+    it does not belong to must not write into a run that merely has the same id."""
+    api_token = request.app.state.settings.api_token
     with db.reader() as session:
-        stored = session.get(Run, run_id)
-        digest = stored.ingest_token_hash if stored is not None else None
-    if digest is None or not _same(token_hash(token), digest):
-        raise HTTPException(403, f"this token may not write to run {run_id}", _CHALLENGE)
+        run = session.get(Run, run_id)
+    if run is None and credentials is None:
+        raise NotFound(f"run {run_id} not found")
+    digest = run.ingest_token_hash if run is not None else None  # none: nothing opens it
+
+    def accepted(token: str) -> bool:
+        if api_token is not None and _same(token, api_token):
+            return True
+        return digest is not None and _same(token_hash(token), digest)
+
+    _require(
+        credentials,
+        _BEARER.format("run token") + ": DORA_INGEST_TOKEN from the launcher, the token "
+        "POST /api/runs returned, or a new one from POST /api/runs/{id}/token",
+        accepted,
+        f"this token may not write to run {run_id}",
+    )
 
 
 Writer = Depends(require_writer)
@@ -168,6 +196,40 @@ def _host_name(host: str) -> str:
         return ""
 
 
+class InstanceCheck:
+    """Refuse a worker that belongs to another API instance (409), before anything else.
+
+    Workers send the instance id of the API that launched them (or created
+    their run) in ``X-Dora-Instance``. An API with another database that now
+    answers at the same address has its own runs with the same ids; a foreign
+    worker's batches must not land in them. The refusal comes before the body
+    is read and before any token is checked, so nothing is stored and the
+    worker keeps its spool for its own API. Requests without the header
+    (readers, the dashboard, a worker started by hand before its run exists)
+    are not concerned.
+    """
+
+    def __init__(self, app: ASGIApp, state: Any):
+        self.app, self.state = app, state  # state.instance_id: set when the database is open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            claimed = dict(scope["headers"]).get(INSTANCE_HEADER.lower().encode())
+            own = getattr(self.state, "instance_id", None)
+            if claimed is not None and own is not None and claimed.decode("latin-1") != own:
+                theirs = claimed.decode("latin-1")
+                detail = (
+                    f"this API is instance {own}, but this worker belongs to instance {theirs} "
+                    "(the API that launched it or created its run): another API with its own "
+                    "database answers at this address. Nothing was stored; keep the spool "
+                    f"and send it when instance {theirs} is back."
+                )
+                extra = {"code": WRONG_INSTANCE, "instance": own, "worker_instance": theirs}
+                await _send_json(send, 409, detail, **extra)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413, declared or streamed."""
 
@@ -202,8 +264,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_json(send: Send, status: int, detail: str, **extra: str) -> None:
+    body = json.dumps({"detail": detail, **extra}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -56,16 +56,16 @@ def reconcile(db: Database, launcher: Launcher) -> None:
     """At start-up, before serving: close what an earlier API process left open.
 
     Runs it took out of the queue but never got to start a worker for (it
-    stopped between storing the ingest token hash and the worker's handle)
+    stopped between marking it launched and storing the worker's handle)
     fail: whether that worker started is unknown, so starting another could
-    run the job twice. Runs still waiting in the queue (no token) are left
+    run the job twice. Runs still waiting in the queue (not launched) are left
     for the scheduler. The rest is one ``check_workers`` pass (live workers
     adopted, ended ones recorded).
     """
     with db.writer() as session:
         orphans = session.scalars(
             select(Run).where(
-                Run.ingest_token_hash.is_not(None),
+                Run.launched_at.is_not(None),
                 Run.worker_handle.is_(None),
                 Run.worker_exited_at.is_(None),
             )

@@ -157,10 +157,12 @@ def free_port() -> int:
 
 def time_api(folder: Path, modules: list[dict], bodies: list[bytes]) -> float:
     with api_server(folder, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:
-        run_id = http.post(
+        created = http.post(
             "/api/runs",
             json={"name": "bench", "config": {"model": "minilm", "dataset": "rt-snippets"}},
-        ).json()["id"]
+        ).json()
+        run_id = created["id"]
+        http.headers["Authorization"] = f"Bearer {created['token']}"  # the run's writer token
         http.post(f"/api/runs/{run_id}/register", json={"modules": modules}).raise_for_status()
         headers = {"content-type": "application/json"}
         start = time.perf_counter()

@@ -69,6 +69,7 @@ class Worker:
     bodies: list[bytes]
     sent: Sent
     run_id: int = 0
+    token: str = ""  # the run's writer token (POST /api/runs returns it)
     latencies: list[float] = field(default_factory=list)  # seconds per acknowledged batch
     lateness: list[float] = field(default_factory=list)  # seconds behind schedule at send
     retries: int = 0
@@ -131,7 +132,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_worker(worker: Worker, url: str, start: float, spread: float) -> None:
     """Post batch k at ``start + spread + k`` s (or at once when behind), retrying until 2xx."""
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "Authorization": f"Bearer {worker.token}"}
     with httpx.Client(base_url=url, timeout=60) as http:
         for seq, body in enumerate(worker.bodies):
             due = start + spread + seq
@@ -270,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                         "config": {"model": "minilm", "dataset": "rt-snippets"},
                     },
                 )
-                w.run_id = created.json()["id"]
+                w.run_id, w.token = created.json()["id"], created.json()["token"]
                 http.post(
-                    f"/api/runs/{w.run_id}/register", json={"modules": modules}
+                    f"/api/runs/{w.run_id}/register",
+                    json={"modules": modules},
+                    headers={"Authorization": f"Bearer {w.token}"},
                 ).raise_for_status()
             load_before = os.getloadavg()
             print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +73,51 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
+
+
+class RunTokens:
+    """Makes a test client act as each run's worker: every run has a writer token
+    (docs/protocol.md), so the client keeps the token ``POST /api/runs`` returned and sends
+    it with that run's own calls (``/api/runs/<id>/...``) unless the request carries an
+    ``Authorization`` header of its own. ``tokens[run_id] = ...`` adds one from elsewhere
+    (a launched worker's environment). Event hooks, so that it works on httpx clients and
+    on Starlette's TestClient alike: ``RunTokens().install(client)``."""
+
+    _RUN_PATH = re.compile(r"^/api/runs/(\d+)/")
+
+    def __init__(self) -> None:
+        self.tokens: dict[int, str] = {}
+
+    @classmethod
+    def of(cls, client: Any) -> RunTokens:
+        """The tokens ``client`` keeps, installing them first if it has none."""
+        if not isinstance(getattr(client, "run_tokens", None), cls):
+            cls().install(client)
+        return client.run_tokens
+
+    def install(self, client: Any) -> Any:
+        client.run_tokens = self
+        hooks = client.event_hooks
+        client.event_hooks = {
+            "request": [*hooks.get("request", []), self._send_token],
+            "response": [*hooks.get("response", []), self._keep_token],
+        }
+        return client
+
+    def _send_token(self, request: Any) -> None:
+        match = self._RUN_PATH.match(request.url.path)
+        if match and "authorization" not in request.headers:
+            token = self.tokens.get(int(match.group(1)))
+            if token is not None:
+                request.headers["Authorization"] = f"Bearer {token}"
+
+    def _keep_token(self, response: Any) -> None:
+        request = response.request
+        if request.method == "POST" and request.url.path == "/api/runs":
+            response.read()
+            if response.status_code == 201:
+                created = response.json()
+                self.tokens[created["id"]] = created["token"]
 
 
 # --- real servers (uvicorn, the dashboard) as child processes ----------------------------

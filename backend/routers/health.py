@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,10 +14,11 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", responses={503: {"model": Health, "description": "Database unreachable"}})
-def health(db: DB) -> Health:
+def health(db: DB, request: Request) -> Health:
     try:
         db.ping()
     except SQLAlchemyError as exc:
         body = Health(status="degraded", version=__version__, database=str(exc).splitlines()[0])
         return JSONResponse(body.model_dump(), status_code=503)
-    return Health(status="ok", version=__version__, database="ok")
+    instance = getattr(request.app.state, "instance_id", None)
+    return Health(status="ok", version=__version__, database="ok", instance=instance)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from backend.deps import AppSettings, Jobs, ReadSession, RunId, WriteSession
 from backend.routers.responses import NOT_FOUND, UNPROCESSABLE, WRITE_AUTH
@@ -13,9 +13,11 @@ from backend.schemas import (
     ModulePublic,
     RegisterIn,
     RunCreate,
+    RunCreated,
     RunList,
     RunPublic,
     RunStatus,
+    WriterToken,
 )
 from backend.security import Ingester, Writer
 from backend.services import runs
@@ -29,9 +31,32 @@ router = APIRouter(prefix="/runs", tags=["runs"])
     dependencies=[Writer],
     responses={**WRITE_AUTH, **UNPROCESSABLE},
 )
-def create_run(body: RunCreate, session: WriteSession, settings: AppSettings) -> RunPublic:
-    """Create a run for a worker started by hand; the config is checked like a job's."""
-    return runs.to_public(runs.create_run(session, settings, body.name, body.config))
+def create_run(
+    body: RunCreate, session: WriteSession, settings: AppSettings, request: Request
+) -> RunCreated:
+    """Create a run for a worker started by hand; the config is checked like a job's.
+
+    The answer carries the run's writer token (only here) and this API's
+    instance id; the worker sends both with each of its writes."""
+    run, token = runs.create_run(session, settings, body.name, body.config)
+    public = runs.to_public(run).model_dump()
+    return RunCreated(**public, token=token, instance=request.app.state.instance_id)
+
+
+@router.post(
+    "/{run_id}/token",
+    dependencies=[Writer],
+    responses={
+        **WRITE_AUTH,
+        **NOT_FOUND,
+        409: {"description": "A worker this API launched for the run may still be running"},
+    },
+)
+def new_writer_token(run_id: RunId, session: WriteSession, request: Request) -> WriterToken:
+    """A new writer token for the run, for a worker resumed by hand (``dora train --resume``)
+    that has none; the run's earlier token stops working."""
+    token = runs.reissue_token(session, run_id)
+    return WriterToken(run_id=run_id, token=token, instance=request.app.state.instance_id)
 
 
 @router.get("")

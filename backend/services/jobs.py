@@ -9,10 +9,8 @@ and the log's last lines.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import threading
 from collections import deque
 from pathlib import Path
@@ -31,6 +29,7 @@ from backend.services.runs import (
     job_config_or_422,
     lock_run,
     new_run,
+    new_token,
     remove_run_data,
     waiting_clause,
 )
@@ -43,10 +42,6 @@ from dora_core.contracts.wire import FINAL_STATUSES
 LOG_TAIL_ON_FAILURE = 20
 # The worker's exit status after a checkpointed stop on SIGTERM / Ctrl-C (docs/protocol.md).
 CANCELLED_EXITS = (143, 130)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def checked_config(data: object, settings: Settings) -> JobConfig:
@@ -90,11 +85,13 @@ class JobQueue:
         db: Database,
         settings: Settings,
         launcher: Launcher,
+        instance_id: str,
         address: ServerAddress | None = None,
     ):
         self.db, self.settings, self.launcher = db, settings, launcher
         # Where workers report (DORA_API_URL): the server's real address (backend.address).
         self.address = address or ServerAddress.configured(settings)
+        self.instance_id = instance_id  # handed to each worker (DORA_API_INSTANCE)
         self.lock = threading.Lock()
 
     def submit(self, data: object) -> Run:
@@ -159,17 +156,17 @@ class JobQueue:
     def _claim_next(self) -> tuple[Run, str] | None:
         """Take the oldest waiting run out of the queue if a slot is free.
 
-        Its ingest token hash is stored before its worker starts, so from
-        here on it counts as live, and an API that dies before storing the
-        worker's handle leaves it recognisable to ``reconcile`` (token, no
-        handle: failed) rather than queued again.
+        ``launched_at`` and the writer token's hash are stored before its
+        worker starts, so from here on it counts as live, and an API that dies
+        before storing the worker's handle leaves it recognisable to
+        ``reconcile`` (launched, no handle: failed) rather than queued again.
         """
         with self.db.writer() as session:
-            # Launched here (it has an ingest token) and not seen to end.
+            # Launched by an API and not seen to end.
             live = session.scalar(
                 select(func.count())
                 .select_from(Run)
-                .where(Run.ingest_token_hash.is_not(None), Run.worker_exited_at.is_(None))
+                .where(Run.launched_at.is_not(None), Run.worker_exited_at.is_(None))
             )
             if live >= self.settings.max_jobs:
                 return None
@@ -178,9 +175,8 @@ class JobQueue:
             ).first()
             if run is None:
                 return None
-            token = secrets.token_urlsafe(32)
-            run.ingest_token_hash = token_hash(token)
-            run.updated_at = utcnow()
+            token = new_token(run)
+            run.launched_at = run.updated_at
             session.commit()
         return run, token
 
@@ -196,6 +192,7 @@ class JobQueue:
                 "DORA_API_URL": api_url,
                 "DORA_RUN_ID": str(run.id),
                 "DORA_INGEST_TOKEN": token,
+                "DORA_API_INSTANCE": self.instance_id,
                 "DORA_DATA_DIR": str(self.settings.data_dir),
                 **self.settings.worker_thread_env(os.environ),
             },

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shutil
 from pathlib import Path
 
@@ -45,16 +47,29 @@ def _shorten(msg: str, limit: int = 500) -> str:
 def waiting_clause() -> ColumnElement[bool]:
     """Runs in the job queue: queued by ``POST /api/jobs``, no worker started for them yet.
 
-    The scheduler sets the ingest token hash right before starting a worker,
-    so a run with one has left the queue even while it is still ``queued``
-    (its worker has not registered yet).
+    The scheduler sets ``launched_at`` right before starting a worker, so a
+    run with it has left the queue even while it is still ``queued`` (its
+    worker has not registered yet).
     """
-    return and_(Run.status == "queued", Run.queued_at.is_not(None), Run.ingest_token_hash.is_(None))
+    return and_(Run.status == "queued", Run.queued_at.is_not(None), Run.launched_at.is_(None))
 
 
 def is_waiting(run: Run) -> bool:
     """``waiting_clause`` for a loaded run."""
-    return run.status == "queued" and run.queued_at is not None and run.ingest_token_hash is None
+    return run.status == "queued" and run.queued_at is not None and run.launched_at is None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(run: Run) -> str:
+    """A fresh writer token for ``run``: its hash is stored (the caller commits), the token
+    itself is returned once and kept nowhere here. A token issued before stops working."""
+    token = secrets.token_urlsafe(32)
+    run.ingest_token_hash = token_hash(token)
+    run.updated_at = utcnow()
+    return token
 
 
 def queue_positions(session: Session) -> dict[int, int]:
@@ -111,8 +126,10 @@ def new_run(config: JobConfig, name: str | None = None) -> Run:
     )
 
 
-def create_run(session: Session, settings: Settings, name: str | None, config_data: dict) -> Run:
-    """A run for a worker started by hand; it reports into it itself."""
+def create_run(
+    session: Session, settings: Settings, name: str | None, config_data: dict
+) -> tuple[Run, str]:
+    """A run for a worker started by hand, and its writer token (returned only here)."""
     config = job_config_or_422(config_data, ("body", "config"))
     run = new_run(config, name)
     # Its run dir is served (adapter.zip, log) only when it lies under our data dir.
@@ -120,9 +137,28 @@ def create_run(session: Session, settings: Settings, name: str | None, config_da
         out = Path(config.output_dir).expanduser().resolve()
         if out.is_relative_to(settings.data_dir):
             run.run_dir = str(out)
+    token = new_token(run)
     session.add(run)
     session.commit()
-    return run
+    return run, token
+
+
+def reissue_token(session: Session, run_id: int) -> str:
+    """A new writer token for a resumed worker (``dora train --resume`` without one).
+
+    Refused (409) while a worker this API launched for the run may still be
+    running: that worker holds the run's token, and two writers would mix
+    their data. The old token stops working.
+    """
+    run = lock_run(session, run_id)
+    if run.launched_at is not None and run.worker_exited_at is None:
+        raise Conflict(
+            f"run {run_id}'s worker launched by this API has not been seen to end; "
+            "it holds the run's writer token (cancel it first to resume the run elsewhere)"
+        )
+    token = new_token(run)
+    session.commit()
+    return token
 
 
 def list_runs(

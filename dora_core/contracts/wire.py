@@ -22,6 +22,17 @@ FINAL_EVENT_STATUS: dict[str, RunStatus] = {
     "cancelled": "cancelled",
 }
 
+# --- who a worker reports to ----------------------------------------------------------------
+
+# Each database has an API instance id (GET /api/health). A worker sends the id of the API
+# that launched it (or created its run) in this header on every write; an API with another id
+# refuses with 409 and this ``code`` before it checks or stores anything.
+INSTANCE_HEADER = "X-Dora-Instance"
+WRONG_INSTANCE = "wrong_instance"
+# A worker that could not reach its API (or was refused as foreign) for longer than its orphan
+# timeout checkpoints and exits with this status, its spool kept; `dora train --resume` goes on.
+ORPHANED_EXIT = 75
+
 
 # --- methods --------------------------------------------------------------------------------
 

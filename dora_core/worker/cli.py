@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from dora_core import __version__
 from dora_core.contracts.rundir import JOB_FILE
+from dora_core.contracts.wire import ORPHANED_EXIT
 
 TRAIN_EPILOG = """\
 The job file (YAML or JSON) holds these fields; model and dataset are required:
@@ -17,10 +19,14 @@ The job file (YAML or JSON) holds these fields; model and dataset are required:
 {fields}
 
 Telemetry is off unless --api or DORA_API_URL names the API. The launcher
-also sets DORA_RUN_ID (report into that run) and DORA_INGEST_TOKEN.
+also sets DORA_RUN_ID (report into that run), DORA_INGEST_TOKEN (its writer
+token) and DORA_API_INSTANCE (the API instance the run belongs to); a run
+created with --api keeps its token and the API's instance id in the run
+directory's telemetry-state.json, so --resume reports into the same run.
 Exit status: 0 done, 2 bad job (one line on stderr names the field and the
 fix), 1 training failed, 143 / 130 cancelled by SIGTERM / Ctrl-C (after a
-checkpoint; continue with --resume).
+checkpoint; continue with --resume), 75 the API took no telemetry for
+--orphan-timeout seconds (after a checkpoint; continue with --resume).
 """
 
 
@@ -66,11 +72,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     api = args.api or os.environ.get("DORA_API_URL") or None
     run_id = os.environ.get("DORA_RUN_ID")
     token = os.environ.get("DORA_INGEST_TOKEN") or os.environ.get("DORA_API_TOKEN") or None
+    orphan_timeout = _orphan_timeout(args.orphan_timeout)
+    if isinstance(orphan_timeout, str):
+        return _error("train", orphan_timeout)
     telemetry = Telemetry(
         api_url=api,
         run_id=int(run_id) if run_id and api else None,
         token=token,
+        instance=os.environ.get("DORA_API_INSTANCE") or None,
         report_every=args.report_every,
+        orphan_timeout=orphan_timeout,
     )
     try:
         outcome = train(
@@ -91,7 +102,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _error("train", f"training failed: {type(exc).__name__}: {exc}", 1)
     if outcome.status == "cancelled":
         return 143
+    if outcome.status == "orphaned":
+        return ORPHANED_EXIT
     return 0
+
+
+def _orphan_timeout(flag: str | None) -> float | str:
+    """--orphan-timeout, else DORA_ORPHAN_TIMEOUT_S, else 30 minutes; a message when bad."""
+    from dora_core.worker.train.loop import DEFAULT_ORPHAN_TIMEOUT_S
+
+    name, text = "--orphan-timeout", flag
+    if text is None:
+        name, text = "DORA_ORPHAN_TIMEOUT_S", os.environ.get("DORA_ORPHAN_TIMEOUT_S") or None
+    if text is None:
+        return DEFAULT_ORPHAN_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        return f"{name}={text!r}: must be a number of seconds above 0"
+    return value
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -159,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="send scores/scalars every K steps (pruning events always)",
+    )
+    train.add_argument(
+        "--orphan-timeout",
+        metavar="SECONDS",
+        help="stop (checkpointed, resumable, exit 75) once the API has taken no telemetry for "
+        "this long: down, or another API instance at its address "
+        "(default $DORA_ORPHAN_TIMEOUT_S or 1800)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, inspect, text
 from backend.launcher import LocalProcessLauncher
 from backend.main import create_app
 from backend.settings import Settings
-from tests.conftest import wait_until
+from tests.conftest import RunTokens, wait_until
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_SQLITE = not PG_URL
@@ -31,7 +31,7 @@ TABLES = ("runs", "modules", "score_steps", "budget", "scalars", "events", "inge
 def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in (*TABLES[::-1], "alembic_version"):
+        for table in (*TABLES[::-1], "instance", "alembic_version"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
 
@@ -74,7 +74,8 @@ STAND_IN = textwrap.dedent(
     command, job_file = sys.argv[1], sys.argv[2]
     job = json.load(open(job_file))
     keys = ("DORA_API_URL", "DORA_RUN_ID", "DORA_INGEST_TOKEN", "DORA_API_TOKEN",
-            "DATABASE_URL", "DORA_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            "DATABASE_URL", "DORA_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "DORA_API_INSTANCE")
     print("stand-in", command, job_file, "cwd=" + os.getcwd(), flush=True)
     print("env " + json.dumps({k: os.environ.get(k) for k in keys}), flush=True)
     mode = job["name"]
@@ -110,8 +111,10 @@ def stand_in(tmp_path: Path) -> LocalProcessLauncher:
 
 @pytest.fixture
 def client(settings: Settings, stand_in: LocalProcessLauncher) -> Iterator[TestClient]:
+    """The app under TestClient; it sends each run's writer token with that run's calls
+    (``RunTokens``), as the run's worker would."""
     with TestClient(create_app(settings, stand_in)) as test_client:
-        yield test_client
+        yield RunTokens().install(test_client)
 
 
 def row_counts(url: str) -> dict[str, int]:
@@ -157,6 +160,9 @@ MODULES = [
 
 
 def new_run(client: TestClient, register: bool = True, modules: list | None = None) -> int:
+    """A run created as a worker started by hand creates it; the client keeps its writer
+    token and sends it with the run's calls from here on (``RunTokens``)."""
+    RunTokens.of(client)
     config = {"model": "minilm", "dataset": "rt-snippets", "max_steps": 100}
     resp = client.post("/api/runs", json={"name": "t", "config": config})
     assert resp.status_code == 201, resp.text

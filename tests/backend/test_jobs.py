@@ -349,7 +349,13 @@ def test_cancel_is_409_once_our_worker_has_ended_even_if_the_run_was_resumed(cli
     run = _launch(client, "exit-3")
     _final(client, run["id"])
     modules = [{"name": "m", "layer": 0, "type": "q", "shape": [2, 2], "rank": 2}]
-    resumed = client.post(f"/api/runs/{run['id']}/register", json={"modules": modules}).json()
-    assert resumed["status"] == "running"  # `dora train --resume` by hand
+    # `dora train --resume` by hand: its worker has ended, so the run gets a new writer token
+    token = client.post(f"/api/runs/{run['id']}/token").json()["token"]
+    resumed = client.post(
+        f"/api/runs/{run['id']}/register",
+        json={"modules": modules},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    assert resumed["status"] == "running"
     resp = client.post(f"/api/jobs/{run['id']}/cancel")
     assert resp.status_code == 409 and "has ended" in resp.json()["detail"]

@@ -215,11 +215,14 @@ def test_stream_of_a_finished_run_sends_its_final_state_and_ends(client) -> None
 
 
 def test_health_presets_and_job_schema(client) -> None:
-    assert client.get("/api/health").json() == {
+    health = client.get("/api/health").json()
+    assert health == {
         "status": "ok",
         "version": "0.1.0",
         "database": "ok",
+        "instance": health["instance"],
     }
+    assert len(health["instance"]) == 32
     names = {p["name"] for p in client.get("/api/presets").json()}
     assert {"minilm", "smollm2-135m", "rt-snippets", "sms-spam", "bbc-news", "tweets"} <= names
     methods = {m["name"]: m for m in client.get("/api/methods").json()}

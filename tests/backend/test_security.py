@@ -189,6 +189,7 @@ def test_the_openapi_document_declares_the_bearer_scheme_of_the_writes(client) -
         ("delete", "/api/runs/{run_id}"),
         ("post", "/api/runs/{run_id}/register"),
         ("post", "/api/runs/{run_id}/telemetry"),
+        ("post", "/api/runs/{run_id}/token"),
         ("post", "/api/jobs"),
         ("post", "/api/jobs/{run_id}/cancel"),
     }
@@ -220,11 +221,12 @@ def test_python_m_backend_serves_and_stops_despite_an_open_live_stream(tmp_path)
     url = f"http://127.0.0.1:{port}"
     proc = start_server(["-m", "backend"], env, f"{url}/api/health", tmp_path / "api.log")
     try:
-        run_id = httpx.post(
+        created = httpx.post(
             f"{url}/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
-        ).json()["id"]
+        ).json()
+        run_id, own = created["id"], {"Authorization": f"Bearer {created['token']}"}
         httpx.post(
-            f"{url}/api/runs/{run_id}/register", json={"modules": MODULES}
+            f"{url}/api/runs/{run_id}/register", json={"modules": MODULES}, headers=own
         ).raise_for_status()
         first: list[str] = []
 

@@ -87,6 +87,8 @@ class SimulatedRun:
         resp = self.http.post("/api/runs", json={"name": name, "config": config})
         resp.raise_for_status()
         self.id: int = resp.json()["id"]
+        # The run's writer token: its register and telemetry calls send it, as a worker does.
+        self.http.headers["Authorization"] = f"Bearer {resp.json()['token']}"
         self.seq = 0
         resp = self.http.post(
             f"/api/runs/{self.id}/register",

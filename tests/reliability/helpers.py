@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from backend.launcher import LocalProcessLauncher
-from tests.conftest import REPO_ROOT, start_server, stop_server
+from tests.conftest import REPO_ROOT, RunTokens, start_server, stop_server
 
 # A real MiniLM job that trains in seconds on one thread: scores move (and are
 # sent) at every step until the mask freezes at step 12, an eval at 12 and 24.
@@ -66,6 +66,8 @@ class ApiServer:
     proc: subprocess.Popen | None = None
     starts: int = 0
     logs: list[Path] = field(default_factory=list)
+    # The writer tokens of the runs the tests create here (kept across restarts).
+    run_tokens: RunTokens = field(default_factory=RunTokens)
 
     @property
     def url(self) -> str:
@@ -86,7 +88,7 @@ class ApiServer:
         }
         if self.token:
             extra["DORA_API_TOKEN"] = self.token
-        log = self.data_dir.parent / f"api-{self.port}-{self.starts}.log"
+        log = self.data_dir.parent / f"api-{self.data_dir.name}-{self.port}-{self.starts}.log"
         self.starts += 1
         self.logs.append(log)
         self.proc = start_server(

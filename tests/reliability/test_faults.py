@@ -26,7 +26,7 @@ from backend.main import create_app
 from backend.settings import Settings
 from dora_core.worker.train import checkpoint
 from tests.backend.conftest import MODULES, row_counts, scores_record
-from tests.conftest import wait_until
+from tests.conftest import RunTokens, wait_until
 from tests.reliability.helpers import (
     TINY_JOB,
     ApiServer,
@@ -35,6 +35,7 @@ from tests.reliability.helpers import (
     read_records,
     spool_items,
     start_worker,
+    stored_records,
 )
 
 TOKEN = "reliability-master-token"
@@ -42,8 +43,9 @@ WORKER_TIMEOUT = 240  # seconds for a tiny job on a loaded 2-core machine
 
 
 def _client(api: ApiServer) -> httpx.Client:
-    """A fresh client (a restarted API must not meet connections kept from the last one)."""
-    return httpx.Client(base_url=api.url, timeout=30, headers=api.auth())
+    """A fresh client (a restarted API must not meet connections kept from the last one);
+    it sends each run's writer token that the server's runs were created with."""
+    return api.run_tokens.install(httpx.Client(base_url=api.url, timeout=30, headers=api.auth()))
 
 
 def _step(http: httpx.Client, run_id: int) -> int:
@@ -254,6 +256,74 @@ def test_worker_killed_is_failed_with_its_log_then_resumes_into_the_same_run(
     assert steps == sorted(set(steps))  # the regenerated steps were not reported again
 
 
+def _pause(pid: int, paused: bool) -> None:
+    """SIGSTOP / SIGCONT a launched worker (it leads its own process group)."""
+    os.killpg(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_a_worker_that_meets_another_api_on_its_port_is_refused_and_reaches_its_own_later(
+    api_factory, tmp_path
+) -> None:
+    """The failure this closes: API A launched a worker and stopped; API B, with its own
+    database, started on A's port; the worker went on reporting into B's run 1 (same id, no
+    token checked without DORA_API_TOKEN), B accepted it and B's own data was mixed.
+
+    Now B refuses the worker (another instance) before storing anything, B's run keeps
+    exactly its own data, the worker keeps its spool, and once A is back on its port A
+    holds every record of the worker exactly once. The worker is paused (SIGSTOP) while
+    the APIs change places, so it is still training when each one answers it."""
+    a = api_factory()  # no DORA_API_TOKEN: the setting that used to accept anything
+    run_id, run_dir = _launch(a, name="foreign", max_steps=48)
+    with _client(a) as http:
+        a_instance = http.get("/api/health").json()["instance"]
+        wait_until("two steps at API A", lambda: _step(http, run_id) >= 2, timeout=120)
+    pid = _pid(a, run_id)
+    _pause(pid, True)
+    b = ApiServer(tmp_path / "data-b", a.port)
+    b.data_dir.mkdir()
+    a.stop()
+    try:
+        b.start()  # another database, the same address
+        with _client(b) as http:
+            b_instance = http.get("/api/health").json()["instance"]
+            assert b_instance != a_instance
+            assert _registered_run(http) == run_id  # B's own run with the worker's run id
+            for seq in range(2):
+                http.post(
+                    f"/api/runs/{run_id}/telemetry",
+                    json={"seq": seq, "scores": [scores_record(seq + 1)]},
+                ).raise_for_status()
+            b_before = stored_records(http, run_id)
+            b_rows = row_counts(f"sqlite:///{b.db_path}")
+            spooled_before = spool_items(run_dir)
+            _pause(pid, False)
+            log = run_dir / "worker.log"
+            refusal = f"is instance {b_instance}, not instance {a_instance}"
+            wait_until("API B to refuse the worker", lambda: refusal in log.read_text(), 60)
+            _pause(pid, True)
+            # B holds exactly its own run, as it was; nothing of the worker's got in
+            assert http.get("/api/runs").json()["total"] == 1
+            assert stored_records(http, run_id) == b_before
+            assert row_counts(f"sqlite:///{b.db_path}") == b_rows
+            assert http.get(f"/api/runs/{run_id}").json()["status"] == "running"
+        assert spool_items(run_dir) >= max(1, spooled_before)  # kept, not counted as sent
+    finally:
+        b.stop()
+    a.start()  # back on its port, its own database
+    _pause(pid, False)
+    with _client(a) as http:
+        wait_until(
+            "the worker's run to complete at API A",
+            lambda: http.get(f"/api/runs/{run_id}").json()["status"] == "completed",
+            timeout=WORKER_TIMEOUT,
+        )
+        wait_until("the worker to exit", lambda: not _alive(pid), timeout=60)
+        run = http.get(f"/api/runs/{run_id}").json()
+        assert (run["step"], run["error"]) == (48, None)
+        assert_stored_exactly_once(a, http, run_id, run_dir)
+
+
 # --- a locked SQLite file ---------------------------------------------------------------------
 
 READER = """
@@ -281,6 +351,7 @@ conn.execute("COMMIT")
 
 
 def _registered_run(http: httpx.Client) -> int:
+    RunTokens.of(http)  # keeps the run's writer token for its later calls
     run_id = http.post(
         "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
     ).json()["id"]

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from backend.main import create_app
 from backend.settings import Settings, is_loopback_host
 from tests.backend.conftest import MODULES, env_of, row_counts
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, RunTokens, free_port
 from tests.reliability.helpers import worker_env
 
 JOB = {"model": "minilm", "dataset": "rt-snippets", "max_steps": 20}
@@ -316,6 +316,7 @@ def test_every_write_endpoint_refuses_an_oversized_body(
     make_settings, stand_in, database_url
 ) -> None:
     with TestClient(create_app(make_settings(max_body_bytes=4096), stand_in)) as client:
+        RunTokens.of(client)  # the run's own calls carry its writer token
         run_id = client.post(
             "/api/runs", json={"config": {"model": "minilm", "dataset": "rt-snippets"}}
         ).json()["id"]

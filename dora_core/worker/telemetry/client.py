@@ -6,9 +6,20 @@ from typing import Any
 
 import httpx
 
+from dora_core.contracts.wire import INSTANCE_HEADER, WRONG_INSTANCE
+
 
 class ApiUnavailable(Exception):
     """The API could not take the request now (down, timeout, 5xx, 429): retry later."""
+
+
+class WrongInstance(ApiUnavailable):
+    """An API of another instance (another database) answers at this address and refused
+    the request before storing anything: not ours, so retry later, in case ours comes back."""
+
+    def __init__(self, detail: Any, api_instance: str | None, ours: str | None):
+        self.detail, self.api_instance, self.ours = detail, api_instance, ours
+        super().__init__(f"HTTP 409 {WRONG_INSTANCE}: {detail}")
 
 
 class ApiRejected(Exception):
@@ -21,21 +32,42 @@ class ApiRejected(Exception):
 
 
 class ApiClient:
-    """The three worker calls: create a run, register modules, post a telemetry batch."""
+    """The worker's calls: create a run, register modules, post a telemetry batch, and get a
+    new writer token for a resumed run. ``token`` is sent as the bearer token and
+    ``instance`` (the API instance this worker belongs to) as ``X-Dora-Instance``."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        instance: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))
         )
+        self.token: str | None = None
+        self.instance: str | None = None
+        self.set_token(token)
+        self.set_instance(instance)
+
+    def set_token(self, token: str | None) -> None:
+        self.token = token or None
+        self._http.headers.pop("Authorization", None)
+        if self.token:
+            self._http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def set_instance(self, instance: str | None) -> None:
+        self.instance = instance or None
+        self._http.headers.pop(INSTANCE_HEADER, None)
+        if self.instance:
+            self._http.headers[INSTANCE_HEADER] = self.instance
 
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: dict) -> dict:
+    def _post(self, path: str, body: dict | None) -> dict:
         try:
             response = self._http.post(path, json=body)
         except httpx.HTTPError as exc:  # connection refused, reset, timeout, ...
@@ -44,18 +76,26 @@ class ApiClient:
             raise ApiUnavailable(f"HTTP {response.status_code}")
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail")
+                answer = response.json()
             except ValueError:
-                detail = response.text[:500]
-            raise ApiRejected(response.status_code, detail)
+                answer = {"detail": response.text[:500]}
+            if not isinstance(answer, dict):
+                answer = {"detail": answer}
+            if response.status_code == 409 and answer.get("code") == WRONG_INSTANCE:
+                raise WrongInstance(answer.get("detail"), answer.get("instance"), self.instance)
+            raise ApiRejected(response.status_code, answer.get("detail"))
         try:
             return response.json()
         except ValueError:
             return {}
 
-    def create_run(self, name: str, config: dict) -> int:
-        """POST /api/runs -> the new run's id."""
-        return int(self._post("/api/runs", {"name": name, "config": config})["id"])
+    def create_run(self, name: str, config: dict) -> dict:
+        """POST /api/runs -> the new run: ``id``, its writer ``token``, the API's ``instance``."""
+        return self._post("/api/runs", {"name": name, "config": config})
+
+    def new_token(self, run_id: int) -> dict:
+        """POST /api/runs/{id}/token -> ``{"token", "instance"}`` for a resumed run."""
+        return self._post(f"/api/runs/{run_id}/token", None)
 
     def register(self, run_id: int, body: dict) -> dict:
         return self._post(f"/api/runs/{run_id}/register", body)

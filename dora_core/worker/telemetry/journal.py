@@ -4,7 +4,11 @@ Three files in the run directory, written in this order for every batch:
 
 1. ``metrics.jsonl``: one line per record (what the run reported),
 2. ``telemetry-spool.jsonl``: the batch, waiting for the API,
-3. ``telemetry-state.json``: the commit point (next seq, metrics line count, run id).
+3. ``telemetry-state.json``: the commit point (next seq, metrics line count), and who
+   the run reports to: the API's run id, the run's writer token when the API handed it
+   to this worker's reporter (``POST /api/runs``, or a new one for a resumed run; a
+   launched worker's token stays in its environment) and the API's instance id. The
+   file is readable by its owner only.
 
 A SIGKILL between two writes leaves a batch half written; ``recover`` keeps
 it only if both earlier writes are complete and drops it otherwise, so
@@ -16,6 +20,7 @@ so nothing is reported twice and the API never sees a stream go backwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,9 +41,14 @@ from dora_core.contracts.wire import BATCH_KEYS, stream_keys
 log = logging.getLogger("dora.telemetry")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, private: bool = False) -> None:
+    """Replace ``path`` with ``text`` at once; ``private``: readable by its owner only."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -52,7 +62,13 @@ class Journal:
         self.spool_path = self.dir / SPOOL_FILE
         self.state_path = self.dir / STATE_FILE
         self.use_spool = spool
-        self.state: dict[str, Any] = {"next_seq": 0, "metrics_lines": 0, "run_id": None}
+        self.state: dict[str, Any] = {
+            "next_seq": 0,
+            "metrics_lines": 0,
+            "run_id": None,
+            "token": None,  # the run's writer token, when the API gave it to this reporter
+            "instance": None,  # the id of the API instance the run belongs to
+        }
         self.pending: list[dict] = []  # spooled requests, oldest first
         # Per stream, the last step reported before this process started.
         self.replay_until: dict[tuple[str, ...], int] = {}
@@ -118,19 +134,33 @@ class Journal:
         self.pending.pop(0)
         self._rewrite_spool()
 
-    def set_run_id(self, run_id: int) -> None:
+    def set_run(self, run_id: int, token: str | None = None, instance: str | None = None) -> None:
+        """The API run this journal reports into; a token or instance of another run goes."""
+        if run_id != self.state["run_id"]:
+            self.state["token"] = None
+            self.state["instance"] = None
         self.state["run_id"] = run_id
+        self.state["token"] = token or self.state["token"]
+        self.state["instance"] = instance or self.state["instance"]
         self._write_state()
 
     @property
     def run_id(self) -> int | None:
         return self.state["run_id"]
 
+    @property
+    def token(self) -> str | None:
+        return self.state["token"]
+
+    @property
+    def instance(self) -> str | None:
+        return self.state["instance"]
+
     def _rewrite_spool(self) -> None:
         _atomic_write(self.spool_path, "".join(json.dumps(i) + "\n" for i in self.pending))
 
     def _write_state(self) -> None:
-        _atomic_write(self.state_path, json.dumps(self.state))
+        _atomic_write(self.state_path, json.dumps(self.state), private=True)
 
 
 def _finite(value: Any) -> Any:

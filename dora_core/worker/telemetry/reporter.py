@@ -9,6 +9,13 @@ only after a 2xx. While the API is unreachable, batches wait in
 after a restart: a resumed run replays the spool first). Every batch carries
 its ``seq``, so a retry of a batch the API already stored is harmless.
 
+Every write carries the run's writer token and the id of the API instance
+the run belongs to. An API of another instance at the same address (another
+database) refuses the worker before storing anything; the reporter then
+treats it like an API that is down: the spool waits for the right one.
+``unreachable_for`` tells the loop how long nothing got through, so that an
+orphaned worker can stop (``Telemetry.orphan_timeout``).
+
 The flush interval is 1 s: each batch costs the API a request and a
 transaction, and on a shared 2-core machine that cost is what the training
 run feels (bench/telemetry_overhead.py); the dashboard polls every 1.5 s.
@@ -25,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from dora_core.contracts.wire import BudgetRecord, EventRecord, ScalarsRecord, ScoresRecord
-from dora_core.worker.telemetry.client import ApiClient, ApiRejected, ApiUnavailable
+from dora_core.worker.telemetry.client import (
+    ApiClient,
+    ApiRejected,
+    ApiUnavailable,
+    WrongInstance,
+)
 from dora_core.worker.telemetry.journal import Journal
 
 log = logging.getLogger("dora.telemetry")
@@ -38,8 +50,13 @@ class Reporter:
 
     With ``api_url=None`` the reporter only writes ``metrics.jsonl``.
     ``run_id=None`` with an API means "create a run first" (``POST /api/runs``
-    with ``run_name`` and ``config``); the id is kept in the journal so a
-    resumed run reports into the same run.
+    with ``run_name`` and ``config``); the id, the run's writer token and the
+    API's instance id from that answer are kept in the journal, so a resumed
+    run reports into the same run of the same API. ``token`` (the launcher's
+    ``DORA_INGEST_TOKEN``, or ``DORA_API_TOKEN``) and ``instance`` (the
+    launcher's ``DORA_API_INSTANCE``) take precedence over the journal's. A
+    resumed run with no token at all asks the API for a new one when the API
+    answers 401.
     """
 
     def __init__(
@@ -49,6 +66,7 @@ class Reporter:
         *,
         run_id: int | None = None,
         token: str | None = None,
+        instance: str | None = None,
         run_name: str = "run",
         config: dict | None = None,
         flush_interval: float = 1.0,
@@ -57,9 +75,18 @@ class Reporter:
     ):
         self.api_url = api_url
         self.journal = Journal(run_dir, spool=api_url is not None)
-        if run_id is not None and self.journal.run_id != run_id:
-            self.journal.set_run_id(run_id)
-        self._client = ApiClient(api_url, token) if api_url else None
+        if run_id is not None and (self.journal.run_id, self.journal.instance) != (
+            run_id,
+            instance or self.journal.instance,
+        ):
+            self.journal.set_run(run_id, instance=instance)
+        self._client = (
+            ApiClient(
+                api_url, token or self.journal.token, instance=instance or self.journal.instance
+            )
+            if api_url
+            else None
+        )
         self._run_name = run_name
         self._config = config or {}
         self._flush_interval = flush_interval
@@ -70,6 +97,8 @@ class Reporter:
         self._deadline = math.inf
         self._idle = threading.Event()
         self._stopped = False  # the API refused us for good (auth, unknown run)
+        self._failing_since: float | None = None  # first failed delivery since the last success
+        self._reported_foreign: str | None = None  # the foreign instance last logged
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="dora-telemetry", daemon=True)
         self._thread.start()
@@ -118,6 +147,12 @@ class Reporter:
         self._queue.put(("sync", done))
         return done.wait(timeout)
 
+    def unreachable_for(self) -> float:
+        """Seconds since deliveries started failing (API down, or another instance answering
+        at its address); 0 while they go through."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
     # --- shutting down ---
     def close(self, timeout: float = 15.0) -> bool:
         """Flush everything; wait up to ``timeout`` s for the API. True if nothing is left over."""
@@ -140,9 +175,12 @@ class Reporter:
             if self._client is not None and not self._stopped and time.monotonic() >= retry_at:
                 if self._send_pending():
                     backoff = 0.0
+                    self._failing_since = None
                 else:
                     backoff = min(self._max_backoff, max(0.25, backoff * 2))
                     retry_at = time.monotonic() + backoff
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
             done = not self.journal.pending or self._client is None or self._stopped
             if closing and (done or time.monotonic() >= self._deadline):
                 return
@@ -187,19 +225,37 @@ class Reporter:
             log.error(self.last_error)
 
     def _send_pending(self) -> bool:
-        """Post pending requests in order; False when the API is unreachable."""
+        """Post pending requests in order; False when the API is unreachable (or not ours)."""
         assert self._client is not None
         try:
             if self.journal.run_id is None:
-                self.journal.set_run_id(self._client.create_run(self._run_name, self._config))
+                created = self._client.create_run(self._run_name, self._config)
+                self.journal.set_run(
+                    int(created["id"]), created.get("token"), created.get("instance")
+                )
+                self._client.set_instance(self.journal.instance)
+                if self._client.token is None:
+                    self._client.set_token(self.journal.token)
             while self.journal.pending:
                 item = self.journal.pending[0]
-                run_id = self.journal.run_id
-                if item["path"] == "register":
-                    self._client.register(run_id, item["body"])
-                else:
-                    self._client.post_telemetry(run_id, item["body"])
+                self._post(item)
                 self.journal.acknowledge()
+        except WrongInstance as exc:
+            if self._reported_foreign != exc.api_instance:
+                log.error(
+                    "telemetry API at %s is instance %s, not instance %s that run %s belongs to "
+                    "(another API with its own database answers there); it stored nothing, "
+                    "and the spool (%s) waits for instance %s",
+                    self._client.base_url,
+                    exc.api_instance,
+                    exc.ours,
+                    self.journal.run_id,
+                    self.journal.spool_path,
+                    exc.ours,
+                )
+                self._reported_foreign = exc.api_instance
+            self.last_error = str(exc)
+            return False
         except ApiUnavailable as exc:
             if self.last_error != str(exc):
                 log.warning(
@@ -209,7 +265,29 @@ class Reporter:
             return False
         except ApiRejected as exc:
             return self._rejected(exc)
+        self._reported_foreign = None
         return True
+
+    def _post(self, item: dict) -> None:
+        """One pending request. A run without a writer token (resumed, its launched worker's
+        token gone with that worker) gets a new one when the API asks for it (401)."""
+        assert self._client is not None
+        run_id = self.journal.run_id
+        call = self._client.register if item["path"] == "register" else self._client.post_telemetry
+        try:
+            call(run_id, item["body"])
+        except ApiRejected as exc:
+            if exc.status != 401 or self._client.token is not None:
+                raise
+            try:
+                issued = self._client.new_token(run_id)
+            except ApiRejected as refused:  # stop (the spool is kept), never skip the request
+                raise ApiRejected(401, f"no writer token, and none was issued: {refused}") from None
+            self.journal.set_run(run_id, issued.get("token"), issued.get("instance"))
+            self._client.set_token(self.journal.token)
+            self._client.set_instance(self.journal.instance)
+            log.info("telemetry: run %s has a new writer token (resumed without one)", run_id)
+            call(run_id, item["body"])
 
     def _rejected(self, exc: ApiRejected) -> bool:
         self.last_error = str(exc)
@@ -241,3 +319,6 @@ class NullReporter:
 
     def close(self, timeout: float = 0.0) -> bool:
         return True
+
+    def unreachable_for(self) -> float:
+        return 0.0

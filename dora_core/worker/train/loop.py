@@ -12,6 +12,10 @@ weights. The order of operations in one optimizer step is fixed:
 
 SIGTERM (and Ctrl-C) mean cancel: finish the step, checkpoint, report
 ``cancelled``, exit. An exception reports ``failed`` with the traceback.
+A worker whose API has taken nothing for ``Telemetry.orphan_timeout``
+seconds (down, or another API instance answering at its address) is an
+orphan: it checkpoints, journals a ``cancelled`` event and stops, resumable,
+its spool kept, instead of training on for nobody.
 """
 
 from __future__ import annotations
@@ -52,20 +56,27 @@ from dora_core.worker.train.summary import summary_lines
 log = logging.getLogger("dora.train")
 
 
+DEFAULT_ORPHAN_TIMEOUT_S = 1800.0
+
+
 @dataclass
 class Telemetry:
-    """Where the worker reports: off, or an API URL (+ the launcher's run id and token)."""
+    """Where the worker reports: off, or an API URL (+ the launcher's run id, token and
+    API instance id)."""
 
     api_url: str | None = None
     run_id: int | None = None
     token: str | None = None
+    instance: str | None = None  # the API instance the run belongs to (DORA_API_INSTANCE)
     report_every: int | None = None  # overrides the job's report_every
     close_timeout: float = 15.0  # seconds to wait for the API at the end before leaving a spool
+    # Stop (checkpointed, resumable) once the API has taken nothing for this long.
+    orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT_S
 
 
 @dataclass
 class Outcome:
-    status: str  # "completed" / "cancelled"
+    status: str  # "completed" / "cancelled" / "orphaned"
     run_dir: Path
     result: dict = field(default_factory=dict)
 
@@ -132,12 +143,18 @@ class Worker:
     """One training run: built from a Plan, driven by ``run()``."""
 
     def __init__(
-        self, plan: Plan, device: torch.device, reporter: Reporter | NullReporter, report_every: int
+        self,
+        plan: Plan,
+        device: torch.device,
+        reporter: Reporter | NullReporter,
+        report_every: int,
+        orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT_S,
     ):
         self.plan = plan
         self.device = device
         self.reporter = reporter
         self.report_every = report_every
+        self.orphan_timeout = orphan_timeout
         self.main = ddp.is_main()
         self.step = 0
         self.best: dict | None = None
@@ -341,9 +358,31 @@ class Worker:
                     refresh=False,
                 )
                 bar.update(1)
-                if ddp.broadcast_flag(stop.signal is not None) and self.step < total:
+                orphaned = self.main and self.reporter.unreachable_for() > self.orphan_timeout
+                if ddp.broadcast_flag(stop.signal is not None or orphaned) and self.step < total:
+                    if ddp.broadcast_flag(orphaned):
+                        return self._orphaned(last_checkpoint)
                     return self._cancel(stop.signal or "signal", last_checkpoint)
         return self._finish()
+
+    def _orphaned(self, last_checkpoint: int) -> Outcome:
+        """Nobody has taken this run's telemetry for ``orphan_timeout`` s: stop, resumable."""
+        if last_checkpoint != self.step:
+            self.save_checkpoint()
+        reporter = self.reporter
+        spool = getattr(getattr(reporter, "journal", None), "spool_path", "the spool")
+        message = (
+            f"stopped at step {self.step}: the API has taken no telemetry for "
+            f"{reporter.unreachable_for():.0f} s (orphan timeout {self.orphan_timeout:g} s; "
+            f"last error: {getattr(reporter, 'last_error', None)}); the checkpoint is saved "
+            f"and the unsent telemetry waits in {spool}. Once the API is back, resume with "
+            f"`DORA_API_URL={getattr(reporter, 'api_url', None)} dora train --resume "
+            f"{self.plan.run_dir}`"
+        )
+        if self.main:
+            log.error(message)
+        self.reporter.event(self.step, "cancelled", message)
+        return Outcome("orphaned", self.plan.run_dir, {"step": self.step})
 
     def _cancel(self, why: str, last_checkpoint: int) -> Outcome:
         if last_checkpoint != self.step:
@@ -410,6 +449,7 @@ def _make_reporter(job: JobConfig, run_dir: Path, telemetry: Telemetry) -> Repor
         telemetry.api_url,
         run_id=telemetry.run_id,
         token=telemetry.token,
+        instance=telemetry.instance,
         run_name=job.display_name,
         config=job.model_dump(mode="json"),
     )
@@ -467,7 +507,7 @@ def train(
             _setup_logging(None)
         ddp.barrier()
         reporter = _make_reporter(job, run_dir, telemetry)
-        return _run(plan, device, reporter, resume, progress)
+        return _run(plan, device, reporter, resume, progress, telemetry.orphan_timeout)
     except (JobConfigError, KeyboardInterrupt):
         raise
     except BaseException as exc:
@@ -495,8 +535,9 @@ def _run(
     reporter: Reporter | NullReporter,
     resume: bool,
     progress: bool,
+    orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT_S,
 ) -> Outcome:
-    worker = Worker(plan, device, reporter, plan.report_every)
+    worker = Worker(plan, device, reporter, plan.report_every, orphan_timeout)
     state = checkpoint.load_latest(plan.run_dir) if resume else None
     try:
         worker.restore(state)
