@@ -93,35 +93,46 @@ def verdict(p: Paired | None, paper: str, what: str) -> str:
 # --- the sections -----------------------------------------------------------------------------
 
 
-def dem_section(cells: list[Record], lr8: dict, out: Path) -> list[str]:
-    recs = [
+def dora_ablation(cells: list[Record], lr8: dict, knob: str) -> list[Record]:
+    """DoRA cells at its chosen lr that vary ``knob`` and nothing else."""
+    return [
         r
         for r in cells
-        if r["method"] == "dora"
-        and only(r, "dem_weight")
-        and r0_factor(r) == 1.5
-        and r["lr"] == lr8.get((r["dataset"], "dora"))
+        if r["method"] == "dora" and only(r, knob) and r["lr"] == lr8.get((r["dataset"], "dora"))
     ]
-    header = "| dataset | b(T) | " + " | ".join(f"η = {e:g}" for e in DEM_WEIGHTS) + " |"
-    rows = [header, "|---|---|" + "---|" * len(DEM_WEIGHTS)]
+
+
+def ablation_table(
+    recs: list[Record], setting: Callable[[Record], float], values: tuple, label: str
+) -> str:
+    """Dev accuracy per dataset x b(T) (rows) and value of the setting (columns)."""
+    header = "| dataset | b(T) | " + " | ".join(label.format(v) for v in values) + " |"
+    rows = [header, "|---|---|" + "---|" * len(values)]
     for d in DATASETS:
         for b in BUDGETS:
             at = [
-                cell(r for r in recs if (r["dataset"], r["budget"], eta(r)) == (d, b, e))
-                for e in DEM_WEIGHTS
+                cell(r for r in recs if (r["dataset"], r["budget"], setting(r)) == (d, b, v))
+                for v in values
             ]
             rows.append(f"| {d} | {b} | " + " | ".join(at) + " |")
+    return "\n".join(rows)
+
+
+def by_dataset_and_budget(r: Record) -> str:
+    return f"{r['dataset']} b(T)={r['budget']}"
+
+
+def dem_section(cells: list[Record], lr8: dict, out: Path) -> list[str]:
+    recs = [r for r in dora_ablation(cells, lr8, "dem_weight") if r0_factor(r) == 1.5]
     with_dem = compare(pairs(recs, lambda r: eta(r) == 0.0, lambda r: eta(r) == 0.1))
     strong = compare(pairs(recs, lambda r: eta(r) == 0.0, lambda r: eta(r) == 0.5))
-    png = line_plot(
-        recs, eta, lambda r: f"{r['dataset']} b(T)={r['budget']}", "η (DEM weight)", out
-    )
+    png = line_plot(recs, eta, by_dataset_and_budget, "η (DEM weight)", out)
     return [
         *titled(
             "DEM regulariser on / off (paper Table 5)",
             "DoRA at its chosen lr, b(0) = 1.5 b(T), dev accuracy % (mean ± std over seeds).",
         ),
-        "\n".join(rows),
+        ablation_table(recs, eta, DEM_WEIGHTS, "η = {:g}"),
         "",
         f"η = 0.1 against η = 0: {describe(with_dem)}. η = 0.5 against η = 0: {describe(strong)}.",
         "",
@@ -132,34 +143,17 @@ def dem_section(cells: list[Record], lr8: dict, out: Path) -> list[str]:
 
 
 def init_section(cells: list[Record], lr8: dict, out: Path) -> list[str]:
-    recs = [
-        r
-        for r in cells
-        if r["method"] == "dora"
-        and only(r, "init_rank")
-        and r["lr"] == lr8.get((r["dataset"], "dora"))
-    ]
-    header = "| dataset | b(T) | " + " | ".join(f"b(0) = {f:g} b(T)" for f in INIT_FACTORS) + " |"
-    rows = [header, "|---|---|" + "---|" * len(INIT_FACTORS)]
-    for d in DATASETS:
-        for b in BUDGETS:
-            at = [
-                cell(r for r in recs if (r["dataset"], r["budget"], r0_factor(r)) == (d, b, f))
-                for f in INIT_FACTORS
-            ]
-            rows.append(f"| {d} | {b} | " + " | ".join(at) + " |")
+    recs = dora_ablation(cells, lr8, "init_rank")
     flat = compare(pairs(recs, lambda r: r0_factor(r) == 1.0, lambda r: r0_factor(r) == 1.5))
     wide = compare(pairs(recs, lambda r: r0_factor(r) == 1.5, lambda r: r0_factor(r) == 2.0))
-    png = line_plot(
-        recs, r0_factor, lambda r: f"{r['dataset']} b(T)={r['budget']}", "b(0) / b(T)", out
-    )
+    png = line_plot(recs, r0_factor, by_dataset_and_budget, "b(0) / b(T)", out)
     return [
         *titled(
             "Initial budget b(0) (paper Table 6)",
             "DoRA at its chosen lr, η = 0.1, dev accuracy %. b(0) = b(T) prunes nothing "
             "(the gates and the DEM regulariser stay).",
         ),
-        "\n".join(rows),
+        ablation_table(recs, r0_factor, INIT_FACTORS, "b(0) = {:g} b(T)"),
         "",
         f"b(0) = 1.5 b(T) against b(0) = b(T): {describe(flat)}. "
         f"2 b(T) against 1.5 b(T): {describe(wide)}.",

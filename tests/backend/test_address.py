@@ -26,17 +26,7 @@ from backend.settings import Settings, http_url
 from tests.backend.conftest import env_of
 from tests.backend.test_jobs import JOB, _launch
 from tests.conftest import free_port, serve_in_thread, start_api, stop_server, wait_until
-
-# A real MiniLM job, small: the test stops it once it has reported.
-TINY_JOB = {
-    **JOB,
-    "max_steps": 24,
-    "max_train_samples": 96,
-    "max_dev_samples": 16,
-    "batch_size": 8,
-    "max_length": 32,
-    "target_rank": 2,
-}
+from tests.reliability.helpers import TINY_JOB
 
 
 def _api_env(data: Path) -> dict[str, str]:
@@ -66,20 +56,10 @@ def _handle(db: Path, run_id: int) -> str | None:
     return row[0] if row else None
 
 
-def _env_line(url: str, run_id: int) -> str:
-    """The ``env`` line the stand-in worker of ``run_id`` printed, read through the API."""
-    return wait_until(
-        "the stand-in's env line",
-        lambda: next(
-            (
-                line
-                for line in httpx.get(f"{url}/api/jobs/{run_id}/log").json()["lines"]
-                if line.startswith("env ")
-            ),
-            None,
-        ),
-        timeout=15,
-    )
+def _worker_url(url: str, run_id: int) -> str:
+    """DORA_API_URL in the environment the stand-in worker of ``run_id`` printed."""
+    with httpx.Client(base_url=url) as client:
+        return env_of(client, run_id)["DORA_API_URL"]
 
 
 @pytest.mark.slow
@@ -134,8 +114,7 @@ def test_a_queued_job_left_by_an_earlier_api_gets_the_new_servers_address(
     stand_in.stop(handle, grace_s=0)
     assert stand_in.wait(handle, timeout_s=10) is not None
     with serve_in_thread(create_app(settings, stand_in)) as url:
-        line = _env_line(url, queued["id"])
-    assert f'"DORA_API_URL": "{url}"' in line
+        assert _worker_url(url, queued["id"]) == url
 
 
 def test_a_launch_through_a_real_socket_gets_that_socket(make_settings, stand_in) -> None:
@@ -145,8 +124,7 @@ def test_a_launch_through_a_real_socket_gets_that_socket(make_settings, stand_in
         created = httpx.post(f"{url}/api/jobs", json={**JOB, "name": "ok"}, timeout=30)
         assert created.status_code == 201, created.text
         run_id = created.json()["run_id"]
-        line = _env_line(url, run_id)
-    assert f'"DORA_API_URL": "{url}"' in line
+        assert _worker_url(url, run_id) == url
 
 
 def test_an_explicit_dora_api_url_wins(make_settings, stand_in) -> None:
@@ -155,8 +133,7 @@ def test_an_explicit_dora_api_url_wins(make_settings, stand_in) -> None:
         run_id = httpx.post(f"{url}/api/jobs", json={**JOB, "name": "ok"}, timeout=30).json()[
             "run_id"
         ]
-        line = _env_line(url, run_id)
-    assert '"DORA_API_URL": "http://dora-api.internal:9999"' in line
+        assert _worker_url(url, run_id) == "http://dora-api.internal:9999"
 
 
 # --- the rules, without a server ------------------------------------------------------------

@@ -61,21 +61,10 @@ def test_plain_text_is_all_targets(tok) -> None:
     assert enc.labels == enc.input_ids
 
 
-def test_the_loss_is_cross_entropy_over_completion_tokens_only(tok) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_the_loss_is_cross_entropy_over_completion_tokens_only(tok, tiny_llama) -> None:
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=32,
-            max_position_embeddings=32,
-        )
-    )
+    model = LlamaForCausalLM.from_pretrained(tiny_llama)  # same word-level vocabulary as tok
     examples = [GenExample("the film was", "good"), GenExample("a story", "really quite bad")]
     enc = encode_causal(examples, tok, max_length=16)
     batch = collate_generative(enc, [0, 1], pad_id=0)
