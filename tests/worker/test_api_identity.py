@@ -131,6 +131,7 @@ def test_another_api_instance_at_the_address_stores_nothing_and_the_spool_waits(
 # --- an orphaned worker stops --------------------------------------------------------------
 
 
+@pytest.mark.slow  # two trainings of 200 steps each, ~20 s apiece
 @pytest.mark.parametrize("nobody", ["api down", "another instance"])
 def test_an_orphaned_worker_checkpoints_exits_75_and_resumes_into_its_run(
     nobody, tiny_bert, sentiment_csv, tmp_path, monkeypatch, capsys
