@@ -18,7 +18,7 @@ from tests.worker.conftest import tiny_job
 def test_help_lists_the_subcommands(capsys) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "export", "merge", "presets"):
+    for command in ("train", "export", "merge", "predict", "presets"):
         assert command in out
 
 
@@ -128,5 +128,7 @@ def test_missing_job_file_and_missing_run(tmp_path, capsys) -> None:
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
     assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert main(["predict", str(tmp_path), "--text", "a fine film"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and all(line.startswith("dora ") for line in lines)
+    assert len(lines) == 4 and all(line.startswith("dora ") for line in lines)
+    assert lines[-1].startswith("dora predict: error: ") and "not a run directory" in lines[-1]
