@@ -46,13 +46,10 @@ sys.path.insert(0, str(REPO))
 from backend.scorepack import Layout, pack_step  # noqa: E402
 
 SCALAR_KEYS = ("loss", "task_loss", "dem", "lr", "grad_norm")
+# A RoBERTa block's six adapted projections, as the worker names their types.
 TYPES = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
+    *(f"attention.self.{p}" for p in ("query", "key", "value")),
+    *(f"{part}.dense" for part in ("attention.output", "intermediate", "output")),
 )
 
 

@@ -70,19 +70,28 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"),
+    ("module", "variable", "value"),
     [
-        ("DORA_MAX_JOBS", "abc"),  # the API's, checked before it starts
-        ("DORA_API_PORT", "x"),
-        ("DORA_DASH_PORT", "99999"),
+        ("backend", "DORA_MAX_JOBS", "abc"),
+        ("backend", "DORA_MAX_QUEUED", "-1"),
+        ("backend", "DORA_CANCEL_GRACE_S", "soon"),
+        ("backend", "DORA_API_PORT", "70000"),
+        ("backend.serve", "DORA_MAX_JOBS", "abc"),  # the API's, checked before it starts
+        ("backend.serve", "DORA_API_PORT", "x"),
+        ("backend.serve", "DORA_DASH_PORT", "99999"),
     ],
 )
-def test_serve_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
+def test_the_servers_stop_on_a_bad_variable_with_one_line(
+    tmp_path, module, variable, value
+) -> None:
+    """`python -m backend` and `make run` (backend.serve): one line, exit 2, nothing started
+    and no database opened."""
     env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
-    out = run_module("backend.serve", env)
+    out = run_module(module, env)
     assert_one_line_refusal(out, variable, value)
     assert out.stderr.startswith(f"error: {variable}=")
-    assert out.stdout == ""  # nothing was started
+    assert out.stdout == ""
+    assert not (tmp_path / "dora.db").exists()
 
 
 def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:

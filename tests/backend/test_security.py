@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from backend.main import create_app
 from backend.settings import Settings, SettingsError
 from tests.backend.conftest import MODULES
-from tests.conftest import assert_one_line_refusal, run_module
+from tests.conftest import run_module
 
 
 @pytest.fixture
@@ -139,23 +139,6 @@ def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path) -> None:
     ]
     bad = run_module("backend", {**env, "DORA_API_PORT": "x"})
     assert bad.returncode == 2 and bad.stderr.startswith("error: DORA_API_PORT='x'")
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("DORA_MAX_JOBS", "abc"),
-        ("DORA_MAX_QUEUED", "-1"),
-        ("DORA_CANCEL_GRACE_S", "soon"),
-        ("DORA_API_PORT", "70000"),
-    ],
-)
-def test_python_m_backend_stops_on_a_bad_variable_with_one_line(tmp_path, variable, value) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DORA_DATA_DIR": str(tmp_path), variable: value}
-    out = run_module("backend", env)
-    assert_one_line_refusal(out, variable, value)
-    assert out.stderr.startswith(f"error: {variable}=")
-    assert not (tmp_path / "dora.db").exists()  # stopped before opening anything
 
 
 def test_settings_ignore_blank_numbers_and_read_no_other_names(tmp_path) -> None:

@@ -39,26 +39,19 @@ def tiny_distilbert(seed: int = 0) -> DistilBertForSequenceClassification:
     return DistilBertForSequenceClassification(cfg).eval()
 
 
+# Decoder-only tiny models: the vocabulary and special token ids they share.
+DECODER = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}
+
+
 def tiny_gpt2(seed: int = 0) -> GPT2ForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        num_labels=3,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-    )
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=3, **DECODER)
     return GPT2ForSequenceClassification(cfg).eval()
 
 
 def tiny_llama(seed: int = 0) -> LlamaForSequenceClassification:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=48,
         num_hidden_layers=2,
@@ -66,9 +59,7 @@ def tiny_llama(seed: int = 0) -> LlamaForSequenceClassification:
         num_key_value_heads=2,
         max_position_embeddings=64,
         num_labels=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
+        **DECODER,
     )
     return LlamaForSequenceClassification(cfg).eval()
 

@@ -16,17 +16,9 @@ from bench.study_grid import (
     search_cells,
     select_lr,
 )
+from tests.study import two_dataset_grid
 
-TWO = Grid(
-    name="t",
-    datasets=(
-        DatasetPlan("sms-spam", steps=10, max_length=24, max_train=64, max_dev=16),
-        DatasetPlan("bbc-news", steps=20, max_length=64, max_train=64, max_dev=16),
-    ),
-    budgets=(2, 8),
-    seeds=(0, 1),
-    lrs=(1e-3, 3e-3),
-)
+TWO = two_dataset_grid(bbc_steps=20, bbc_length=64)
 
 
 def test_search_is_every_method_and_lr_on_one_seed_and_budget() -> None:

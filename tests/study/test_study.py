@@ -20,18 +20,9 @@ from bench.study_grid import Cell, DatasetPlan, Grid, ResultFile, search_cells
 from dashboard.api import ApiClient
 from dora_core.contracts.presets import DATASETS, MODELS
 from tests.conftest import free_port, start_api, stop_server
-from tests.study import fake_record
+from tests.study import fake_record, two_dataset_grid
 
-GRID = Grid(
-    name="t",
-    datasets=(
-        DatasetPlan("sms-spam", steps=10, max_length=24, max_train=64, max_dev=16),
-        DatasetPlan("bbc-news", steps=10, max_length=24, max_train=64, max_dev=16),
-    ),
-    budgets=(2, 8),
-    seeds=(0, 1),
-    lrs=(1e-3, 3e-3),
-)
+GRID = two_dataset_grid(bbc_steps=10, bbc_length=24)
 
 # Stand-in dev scores: dora is best at 3e-3, the baselines at 1e-3.
 F1 = {("dora", 1e-3): 0.5, ("dora", 3e-3): 0.9, ("lora", 1e-3): 0.8, ("lora", 3e-3): 0.6}

@@ -53,6 +53,18 @@ def _tokenizer(bos_eos: bool):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
 
 
+# Both tiny models: 2 layers of width 32; a large init range gives random features that
+# differ between inputs.
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "initializer_range": 0.3,
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) with a word-level tokenizer, as a transformers folder."""
@@ -62,16 +74,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _tokenizer(bos_eos=False)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        initializer_range=0.3,  # random features that differ between inputs
-    )
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=0, **SIZES)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -88,14 +91,9 @@ def tiny_llama(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=64,
         eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.3,
+        **SIZES,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -90,6 +90,15 @@ def straight(tiny_bert, sentiment_csv, tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+def interrupt(tmp: Path, tiny_bert: Path, sentiment_csv: Path, sig: int, after: int):
+    """A worker subprocess on the shared job, sent ``sig`` once its step-``after`` checkpoint
+    is on disk; returns the process (the caller waits for it)."""
+    proc = start(write_job(tmp, "run", tiny_bert, sentiment_csv))
+    wait_for_checkpoint(tmp / "run", after, proc)
+    proc.send_signal(sig)
+    return proc
+
+
 def assert_same_run(resumed: Path, straight: Path) -> None:
     a = json.loads((straight / "result.json").read_text())
     b = json.loads((resumed / "result.json").read_text())
@@ -105,9 +114,7 @@ def assert_same_run(resumed: Path, straight: Path) -> None:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(
     straight, tiny_bert, sentiment_csv, tmp_path
 ) -> None:
-    proc = start(write_job(tmp_path, "run", tiny_bert, sentiment_csv))
-    wait_for_checkpoint(tmp_path / "run", 150, proc)
-    proc.send_signal(signal.SIGKILL)
+    proc = interrupt(tmp_path, tiny_bert, sentiment_csv, signal.SIGKILL, after=150)
     proc.wait(timeout=60)
     assert not (tmp_path / "run" / "result.json").exists()
     killed_at = max(r["step"] for r in read_metrics(tmp_path / "run"))
@@ -123,9 +130,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
 def test_sigterm_cancels_with_a_checkpoint_and_resumes(
     straight, tiny_bert, sentiment_csv, tmp_path
 ) -> None:
-    proc = start(write_job(tmp_path, "run", tiny_bert, sentiment_csv))
-    wait_for_checkpoint(tmp_path / "run", 100, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc = interrupt(tmp_path, tiny_bert, sentiment_csv, signal.SIGTERM, after=100)
     assert proc.wait(timeout=60) == 143
     events = [r for r in read_metrics(tmp_path / "run") if r["type"] == "event"]
     assert events[-1]["kind"] == "cancelled"
