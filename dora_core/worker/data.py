@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,10 +300,25 @@ class Encoded:
         return len(self.labels)
 
 
-def encode(data: TextDataset, tokenizer: Any, max_length: int) -> Encoded:
-    """Tokenise once up front; padding happens per batch (dynamic padding)."""
-    ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"]
-    return Encoded([list(x) for x in ids], list(data.labels))
+# Examples tokenised per call, so a progress bar can move on large sets.
+ENCODE_CHUNK = 2048
+
+
+def encode(data: TextDataset, tokenizer: Any, max_length: int, desc: str = "tokenising") -> Encoded:
+    """Tokenise once up front; padding happens per batch (dynamic padding). A progress bar
+    appears when it takes more than two seconds."""
+    from tqdm import tqdm
+
+    ids: list[list[int]] = []
+    chunks = range(0, len(data.texts), ENCODE_CHUNK)
+    for start in tqdm(
+        chunks, desc=desc, unit="chunk", delay=2, leave=False, disable=not sys.stderr.isatty()
+    ):
+        part = data.texts[start : start + ENCODE_CHUNK]
+        ids += [
+            list(x) for x in tokenizer(part, truncation=True, max_length=max_length)["input_ids"]
+        ]
+    return Encoded(ids, list(data.labels))
 
 
 def collate(examples: Encoded, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:

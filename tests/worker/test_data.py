@@ -185,3 +185,18 @@ def test_collate_pads_to_the_longest_in_the_batch() -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_chunked_tokenising_equals_one_call(monkeypatch) -> None:
+    """encode() tokenises in chunks (so its progress bar can move): same ids as one call."""
+    from dora_core.worker import data as data_module
+    from dora_core.worker.data import TextDataset, encode
+    from tests.worker.conftest import _tokenizer
+
+    tok = _tokenizer(bos_eos=False)
+    texts = [" ".join(["good", "film", "the", "plot"][: 1 + i % 4]) for i in range(11)]
+    dataset = TextDataset(texts, [i % 2 for i in range(11)], ["neg", "pos"])
+    monkeypatch.setattr(data_module, "ENCODE_CHUNK", 3)
+    got = encode(dataset, tok, max_length=4)
+    want = tok(texts, truncation=True, max_length=4)["input_ids"]
+    assert got.input_ids == [list(x) for x in want] and got.labels == dataset.labels

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from dora_core.worker.data import Encoded, collate, eval_batches
 from dora_core.worker.train import ddp
@@ -46,7 +48,15 @@ def evaluate(
     world, rank = ddp.world_size(), ddp.rank()
     indices, preds, losses = [], [], []
     lengths = [len(ids) for ids in dev.input_ids]
-    for batch_idx in eval_batches(len(dev), batch_size, world, rank, lengths):
+    batches = list(eval_batches(len(dev), batch_size, world, rank, lengths))
+    for batch_idx in tqdm(
+        batches,
+        desc="evaluating",
+        unit="batch",
+        delay=2,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    ):
         batch = {k: v.to(device) for k, v in collate(dev, batch_idx, pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")
