@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import flask
 from dash import Dash, Input, Output, dcc, html
@@ -41,7 +41,10 @@ def route(
     """(page content, document title) for a URL."""
     path = pathname or "/"
     if path in ("/", "/runs", "/runs/"):
-        return runs.layout(client, new_job="new=1" in (search or "")), "Runs · DoRA"
+        query = parse_qs((search or "").lstrip("?"))
+        clone = next((int(v) for v in query.get("clone", []) if v.isdigit()), None)
+        new_job = query.get("new") == ["1"] or clone is not None
+        return runs.layout(client, new_job=new_job, clone=clone), "Runs · DoRA"
     match = _RUN_PATH.match(path)
     if match:
         return run.layout(client, int(match.group(1)), poll_ms), f"Run {match.group(1)} · DoRA"

@@ -216,10 +216,10 @@ def _default_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
+def _widget(field: str, prop: dict, presets: list[dict], prefill: dict[str, Any]) -> Any:
     fid = f"job-{field}"
     kind = schema_kind(prop)
-    default = prop.get("default")
+    default = prefill[field] if field in prefill else prop.get("default")
     if field == "method":
         return dcc.RadioItems(
             id=fid,
@@ -245,13 +245,15 @@ def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
         return dcc.Checklist(
             id=fid, options=[{"label": " on", "value": True}], value=[True] if default else []
         )
-    basic = field not in ADVANCED
+    basic = field not in ADVANCED or field in prefill
+    if kind == "array" and isinstance(default, list):  # target_modules: comma-separated
+        default = ", ".join(map(str, default))
     return dcc.Input(
         id=fid,
         type="text",
         inputMode="decimal" if kind in ("integer", "number") else "text",
         # basic fields show their default as a value; advanced ones as a hint
-        value=_default_text(default) if basic and kind != "array" else None,
+        value=_default_text(default) if basic and (kind != "array" or field in prefill) else None,
         placeholder=PLACEHOLDERS.get(field)
         or (f"default {default}" if default is not None else "optional"),
         className="input",
@@ -259,13 +261,13 @@ def _widget(field: str, prop: dict, presets: list[dict]) -> Any:
     )
 
 
-def _field(field: str, props: dict, presets: list[dict]) -> html.Div:
+def _field(field: str, props: dict, presets: list[dict], prefill: dict[str, Any]) -> html.Div:
     prop = props.get(PATH_FIELDS.get(field, field), {})
     help_text = PATH_HELP.get(field) or prop.get("description", "")
     return html.Div(
         [
             html.Label(LABELS.get(field, field), htmlFor=f"job-{field}", title=help_text),
-            _widget(field, prop if field not in PATH_FIELDS else {}, presets),
+            _widget(field, prop if field not in PATH_FIELDS else {}, presets, prefill),
             html.Div(help_text, className="help"),
             html.Div(id=f"job-error-{field}", className="field-error", role="alert"),
         ],
@@ -274,20 +276,41 @@ def _field(field: str, props: dict, presets: list[dict]) -> html.Div:
     )
 
 
-def layout(client: ApiClient) -> html.Div:
-    """The form, or why it cannot be shown (API down, schema missing)."""
+def prefill_from(config: dict[str, Any], presets: list[dict]) -> dict[str, Any]:
+    """A run's job config as form values: a model or dataset that is not a preset goes to
+    its local-path field; the run directory and name are left for the new job to choose."""
+    values = {k: v for k, v in config.items() if k not in ("output_dir", "name")}
+    names = {p["name"] for p in presets}
+    for path_field, field in PATH_FIELDS.items():
+        if field in values and values[field] not in names:
+            values[path_field] = values.pop(field)
+    if config.get("name"):
+        values["name"] = f"{config['name']} (clone)"
+    return values
+
+
+def layout(client: ApiClient, clone: int | None = None) -> html.Div:
+    """The form (prefilled from run ``clone``'s config), or why it cannot be shown."""
     try:
         schema = client.job_schema()
         presets = client.presets()
+        prefill = {}
+        if clone:
+            cloned = client.run(clone)
+            config = cloned.get("config") or {}
+            config = {**config, "name": cloned.get("name") or config.get("name")}
+            prefill = prefill_from(config, presets)
     except ApiError as err:
         return ui.card("New job", ui.api_error_state(err), class_name="form-card")
     props = schema.get("properties", {})
-    basic = [_field(f, props, presets) for f in SECTIONS[0][1]]
+    basic = [_field(f, props, presets, prefill) for f in SECTIONS[0][1]]
     advanced = [
         html.Div(
             [
                 html.H4(title),
-                html.Div([_field(f, props, presets) for f in fields], className="grid-form"),
+                html.Div(
+                    [_field(f, props, presets, prefill) for f in fields], className="grid-form"
+                ),
             ],
             className="form-section",
         )
@@ -299,6 +322,7 @@ def layout(client: ApiClient) -> html.Div:
         html.Details(
             [html.Summary("Advanced: DoRA knobs, data, training"), *advanced],
             id="job-advanced",
+            open=bool(prefill),
             className="advanced",
         ),
         html.Div(id="job-error-form", className="form-error", role="alert"),

@@ -219,7 +219,7 @@ def render_table(
     )
 
 
-def layout(client: ApiClient, new_job: bool = False) -> html.Div:
+def layout(client: ApiClient, new_job: bool = False, clone: int | None = None) -> html.Div:
     data = _fetch(client)
     return html.Div(
         [
@@ -242,7 +242,7 @@ def layout(client: ApiClient, new_job: bool = False) -> html.Div:
                 className="page-head",
             ),
             html.Div(
-                jobform.layout(client),
+                jobform.layout(client, clone),
                 id="runs-form-panel",
                 style={} if new_job else {"display": "none"},
             ),

@@ -451,3 +451,76 @@ def test_the_dashboard_imports_no_torch_backend_or_worker() -> None:
 
 def test_the_download_button_points_at_the_dashboards_own_route() -> None:
     assert downloads.adapter_href(12) == "/download/runs/12/adapter.zip"
+
+
+class _CloneApi(_FormApi):
+    """The job form's API plus the run it clones."""
+
+    def __init__(self, presets: list[dict], config: dict):
+        super().__init__(presets)
+        self._config = config
+
+    def run(self, run_id: int) -> dict:
+        return {"id": run_id, "config": self._config}
+
+
+CLONED = {
+    "name": "<b>mine</b>",
+    "model": "minilm",
+    "dataset": "/data/reviews.csv",
+    "method": "lora",
+    "lr": 0.003,
+    "target_rank": 4,
+    "target_modules": ["query", "value"],
+    "dem_after_freeze": True,
+    "init_rank": None,
+    "output_dir": "/data/runs/7",
+}
+PRESETS = [_preset("minilm", "model", available=True), _preset("rt-snippets", "dataset", True)]
+
+
+def test_prefill_from_a_run_moves_paths_and_leaves_the_run_dir() -> None:
+    values = jobform.prefill_from(CLONED, PRESETS)
+    assert values["dataset_path"] == "/data/reviews.csv" and "dataset" not in values
+    assert values["model"] == "minilm" and "output_dir" not in values
+    assert values["name"] == "<b>mine</b> (clone)"
+
+
+def test_clone_prefills_the_form_with_the_runs_config() -> None:
+    form = jobform.layout(_CloneApi(PRESETS, CLONED), clone=7)  # type: ignore[arg-type]
+    assert _value_of(form, "job-method") == "lora"
+    assert _value_of(form, "job-lr") == "0.003" and _value_of(form, "job-target_rank") == "4"
+    assert _value_of(form, "job-dataset_path") == "/data/reviews.csv"
+    assert _value_of(form, "job-target_modules") == "query, value"
+    assert _value_of(form, "job-dem_after_freeze") == [True]
+    assert _value_of(form, "job-init_rank") is None  # auto stays auto
+    # submitted unchanged, the clone asks for the same job (the run dir is the API's choice)
+    values = {f: _value_of(form, f"job-{f}") for f in jobform.FIELDS}
+    config = jobform.form_to_config(values, _CloneApi(PRESETS, CLONED).job_schema())
+    want = {k: v for k, v in CLONED.items() if k not in ("output_dir", "init_rank", "name")}
+    assert {k: config[k] for k in want} == want
+
+
+def test_the_run_page_shows_its_config_as_text_and_links_clone() -> None:
+    from dashboard.pages.run import config
+
+    card = config.card({"id": 7, "config": CLONED})
+    pre = next(c for c in card.children if getattr(c, "id", None) == "run-config")
+    assert '"name": "<b>mine</b>"' in pre.children  # shown as text, not markup
+    link = card.children[1].children
+    assert link.href == "/?new=1&clone=7" and link.children == "Clone job"
+
+
+def test_the_clone_url_opens_the_prefilled_form() -> None:
+    from dashboard.app import route
+
+    class Api(_CloneApi):
+        def all_runs(self, **kwargs):
+            return []
+
+        def methods(self):
+            return []
+
+    page, title = route(Api(PRESETS, CLONED), "/", "?new=1&clone=7")  # type: ignore[arg-type]
+    assert title == "Runs · DoRA"
+    assert _value_of(page, "job-method") == "lora"

@@ -4,7 +4,7 @@ component importance, loss and metric curves, events, cancel and adapter downloa
 One module per card, each with its layout fragment and its own callbacks:
 ``shell`` (title, actions, status line, failure box, the poll), ``ranks``
 (rank heatmap, step slider, replay), ``budget``, ``importance``, ``curves``
-(loss, metrics, optimiser) and ``events``. One poll (``GET /api/runs/<id>``)
+(loss, metrics, optimiser), ``events`` and ``config`` (the job config, Clone job). One poll (``GET /api/runs/<id>``)
 per tick drives everything: when the run changed, each card fetches only
 what is new (``since_step``) and appends it to its figure with a Patch. The
 poll stops once the run has ended and its last step has been drawn.
@@ -15,11 +15,21 @@ from __future__ import annotations
 from dash import Dash, html
 
 from dashboard.api import ApiClient, ApiError
-from dashboard.pages.run import budget, curves, events, importance, ranks, shell
+from dashboard.pages.run import budget, config, curves, events, importance, ranks, shell
 from dashboard.pages.run.common import method_of
 from dashboard.settings import DEFAULT_POLL_MS
 
-__all__ = ["budget", "curves", "events", "importance", "layout", "ranks", "register", "shell"]
+__all__ = [
+    "budget",
+    "config",
+    "curves",
+    "events",
+    "importance",
+    "layout",
+    "ranks",
+    "register",
+    "shell",
+]
 
 
 def layout(client: ApiClient, run_id: int, poll_ms: int = DEFAULT_POLL_MS) -> html.Div:
@@ -39,6 +49,7 @@ def layout(client: ApiClient, run_id: int, poll_ms: int = DEFAULT_POLL_MS) -> ht
             importance.card(modules),
             curves.cards(),
             events.card(),
+            config.card(run),
             shell.state_store(run),
             importance.modules_store(modules),
             *ranks.stores(run),
