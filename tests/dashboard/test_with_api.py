@@ -266,3 +266,24 @@ def test_writes_carry_the_token_when_the_api_wants_one(tmp_path) -> None:
         assert err.value.status == 404
     finally:
         stop_server(proc)
+
+
+def test_rank_matrix_csv_at_a_step_through_the_dashboard(api_url: str, client: ApiClient) -> None:
+    """The rank card's CSV: one row per module with its live count at the chosen step, the
+    same numbers the simulated worker posted (LIVE), read back through the real API."""
+    import csv
+    import io
+
+    from tests.dashboard.simulate import LIVE, MODULES, R
+
+    sim = SimulatedRun(api_url).complete()
+    assert downloads.ranks_href(sim.id, 15) == f"/download/runs/{sim.id}/rank-matrix.csv?step=15"
+    resp = downloads.ranks_csv(client, sim.id, 15)
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    assert f"run-{sim.id}-ranks-step-15.csv" in resp.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert [r["module"] for r in rows] == list(MODULES)
+    assert [int(r["live"]) for r in rows] == LIVE[15]
+    assert {(r["step"], r["rank"]) for r in rows} == {("15", str(R))}
+    missing = downloads.ranks_csv(client, 10_000, None)
+    assert missing.status_code == 404

@@ -10,6 +10,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from dashboard import components as ui
 from dashboard import figures, live
 from dashboard.api import ApiClient, ApiError, Method
+from dashboard.downloads import ranks_href
 from dashboard.pages.run.common import FULL_MESSAGE, has_ranks, method_of, phase_of
 from dashboard.params import live_adapter_params
 
@@ -59,7 +60,19 @@ def card(run: dict, *, method: Method | None) -> html.Div:
             ],
             className="replay",
         ),
-        html.Div(id="run-step-label", className="muted small"),
+        html.Div(
+            [
+                html.Span(id="run-step-label", className="muted small"),
+                html.A(
+                    "CSV",
+                    id="run-rank-csv",
+                    href=ranks_href(run["id"], latest),
+                    className="btn btn-small btn-secondary",
+                    title="This step's live components per module, as CSV (PNG: the camera above the plot)",
+                ),
+            ],
+            className="step-line",
+        ),
         ui.graph("run-heatmap", figures.empty_figure("Loading…")),
     )
 
@@ -155,13 +168,15 @@ def register(app: Dash, client: ApiClient) -> None:
     @app.callback(
         Output("run-heatmap", "figure"),
         Output("run-step-label", "children"),
+        Output("run-rank-csv", "href"),
         Input("run-step", "value"),
         State("run-state", "data"),
         State("run-latest", "data"),
         State("run-modules", "data"),
     )
     def _heatmap(step, run, latest, modules):
-        return heatmap(client, run, step, latest, modules, method=method_of(client, run))
+        figure, label = heatmap(client, run, step, latest, modules, method=method_of(client, run))
+        return figure, label, ranks_href(run["id"], step) if run else no_update
 
     @app.callback(
         Output("run-play", "disabled"),
