@@ -98,10 +98,10 @@ class Cell:
 
     @property
     def init_rank(self) -> int:
-        """r' as the worker resolves it: b(T) for LoRA, else the override or ceil(1.5 b(T))."""
-        if self.method == "lora":
-            return self.budget
-        return int(dict(self.overrides).get("init_rank", -(-3 * self.budget // 2)))
+        """r' as the worker resolves it (``dora_core.contracts.wire.start_rank``)."""
+        from dora_core.contracts.wire import start_rank
+
+        return int(start_rank(self.method, self.budget, dict(self.overrides).get("init_rank")))
 
     def job(self, grid: Grid) -> dict[str, Any]:
         """The worker job config of this cell (without output_dir)."""

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from dora_core.contracts.hosts import is_loopback_host
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
 from dora_core.reporting import report_event, report_state
@@ -401,7 +402,7 @@ class Worker:
         dash = os.environ.get("DORA_DASH_URL")
         if run_id is None or api is None:
             return None
-        if dash is None and urlsplit(api).hostname in ("127.0.0.1", "localhost", "::1"):
+        if dash is None and is_loopback_host(urlsplit(api).hostname or ""):
             dash = "http://127.0.0.1:8050"
         return f"{dash.rstrip('/')}/runs/{run_id}" if dash else None
 
