@@ -1,8 +1,10 @@
 """Fixtures for the API's tests: a real database per test, the app under TestClient.
 
-The database is a SQLite file in the test's temp dir, or PostgreSQL when
-``TEST_DATABASE_URL`` is set (e.g. ``postgresql+psycopg://dora@127.0.0.1/dora_test``;
-each test starts from an empty schema there). See README, "HTTP API".
+The database is a SQLite file in the test's temp dir. Tests marked
+``both_databases`` run a second time against PostgreSQL: a real server that
+the test session starts once (``tests/pgserver.py``), with an empty database
+of its own for each test. Without the server binaries those runs skip with
+the reason, except under CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
@@ -22,25 +24,45 @@ from backend.launcher import LocalProcessLauncher
 from backend.main import create_app
 from backend.settings import Settings
 from tests.conftest import RunTokens, wait_until
+from tests.pgserver import PostgresMissing, PostgresServer
 
-PG_URL = os.environ.get("TEST_DATABASE_URL", "")
-ON_SQLITE = not PG_URL
 TABLES = ("runs", "modules", "score_steps", "budget", "scalars", "events", "ingest_batches")
+DATABASES = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgres))
 
 
-def _empty_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in (*TABLES[::-1], "instance", "alembic_version"):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
-    engine.dispose()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_databases`` that use a database run on SQLite and PostgreSQL."""
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_databases"
+    ):
+        metafunc.parametrize("db_kind", DATABASES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, stopped (and its files removed) at its end."""
+    try:
+        server = PostgresServer.start()
+    except PostgresMissing as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true and no PostgreSQL server to test against: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    if PG_URL:
-        _empty_postgres(PG_URL)
-        return PG_URL
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` unless the test is parametrized over both databases."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, db_kind: str) -> str:
+    if db_kind == "postgresql":
+        return request.getfixturevalue("postgres_server").new_database()
     return f"sqlite:///{tmp_path / 'data' / 'dora.db'}"
 
 

@@ -14,12 +14,11 @@ from sqlalchemy import inspect
 
 from backend.db import Database
 from backend.models import Base
-from tests.backend.conftest import ON_SQLITE, TABLES, new_run, scores_record
+from tests.backend.conftest import TABLES, new_run, scores_record
 from tests.conftest import REPO_ROOT
 
-sqlite_only = pytest.mark.skipif(not ON_SQLITE, reason="inspects the SQLite file itself")
 
-
+@pytest.mark.both_databases
 def test_migrations_build_exactly_the_models_schema_and_rerun_cleanly(database_url) -> None:
     db = Database(database_url)
     try:
@@ -32,7 +31,6 @@ def test_migrations_build_exactly_the_models_schema_and_rerun_cleanly(database_u
         db.dispose()
 
 
-@sqlite_only
 def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(database_url) -> None:
     db = Database(database_url, busy_timeout_s=12.5)
     try:
@@ -45,7 +43,6 @@ def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(database_url) -
         db.dispose()
 
 
-@sqlite_only
 def test_ingest_waits_for_a_lock_held_by_another_process_then_succeeds(
     client, database_url
 ) -> None:
@@ -70,12 +67,17 @@ def test_ingest_waits_for_a_lock_held_by_another_process_then_succeeds(
     assert client.get(f"/api/runs/{run_id}/steps").json()["steps"] == [1]
 
 
-@pytest.mark.skipif(ON_SQLITE, reason="set TEST_DATABASE_URL to a PostgreSQL URL to run this")
-@pytest.mark.postgres
-def test_the_suite_really_runs_on_postgresql(database_url) -> None:
+@pytest.mark.both_databases
+def test_each_database_run_really_runs_on_that_database(database_url, db_kind) -> None:
+    """The PostgreSQL runs really reach a PostgreSQL server (not SQLite under another name)."""
     db = Database(database_url)
     try:
-        assert db.engine.dialect.name == "postgresql"
+        assert db.engine.dialect.name == db_kind
+        with db.engine.connect() as conn:
+            version = conn.exec_driver_sql(
+                "SELECT version()" if db_kind == "postgresql" else "SELECT sqlite_version()"
+            ).scalar()
+        assert version.startswith("PostgreSQL ") if db_kind == "postgresql" else version[0] == "3"
     finally:
         db.dispose()
 

@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.backend.conftest import PG_URL, _empty_postgres
 from tests.conftest import free_port, start_api, stop_server
 
 TOKEN = "e2e-master-token"
@@ -50,11 +49,9 @@ def api(tmp_path: Path):
         "DORA_API_HOST": "127.0.0.1",
         "DORA_API_PORT": str(port),
         "DORA_API_TOKEN": TOKEN,
-        "DATABASE_URL": PG_URL,
     }
     env.pop("DORA_API_URL", None)
-    if PG_URL:
-        _empty_postgres(PG_URL)
+    env.pop("DATABASE_URL", None)
     proc = start_api(port, env, tmp_path / "api.log")
     try:
         yield f"http://127.0.0.1:{port}", tmp_path / "data"

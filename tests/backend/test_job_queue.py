@@ -27,6 +27,8 @@ from tests.backend.conftest import env_of, row_counts
 from tests.backend.test_jobs import JOB, _final, _launch
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.both_databases  # database behaviour: run on PostgreSQL too
+
 
 class Recording(LocalProcessLauncher):
     """The real launcher, noting for every start the run, how many of the workers it

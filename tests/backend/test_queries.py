@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.backend.conftest import MODULES, new_run, scores_record
+
+pytestmark = pytest.mark.both_databases  # database behaviour: run on PostgreSQL too
 
 PRUNE_STEPS = (37, 38, 61)
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.backend.conftest import new_run, row_counts, scores_record
 
+pytestmark = pytest.mark.both_databases  # database behaviour: run on PostgreSQL too
+
 
 def _batch(seq: int, steps: list[int], **extra) -> dict:
     return {
