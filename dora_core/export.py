@@ -44,8 +44,10 @@ def export_peft(
     directory: str | Path,
     *,
     dropout: float = 0.0,
+    task_type: str | None = None,
 ) -> Path:
-    """Write the PEFT adapter folder; returns its path."""
+    """Write the PEFT adapter folder; returns its path. ``task_type`` is PEFT's name for
+    the model class to wrap (SEQ_CLS, CAUSAL_LM, SEQ_2_SEQ_LM; None: the plain model)."""
     tensors: dict[str, Tensor] = {}
     ranks: dict[str, int] = {}
     fan_in_fan_out = False
@@ -71,7 +73,7 @@ def export_peft(
     name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = {
         "peft_type": "LORA",
-        "task_type": None,
+        "task_type": task_type,
         "base_model_name_or_path": name_or_path,
         "r": top,
         "lora_alpha": top,

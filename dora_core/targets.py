@@ -28,6 +28,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    # T5 v1.0 has wi, v1.1 / mT5 wi_0 and wi_1: a family default keeps the suffixes it finds.
+    "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 _FAMILY_OF = {
     "bert": "bert",
@@ -43,6 +46,13 @@ _FAMILY_OF = {
     "qwen3": "llama",
     "gemma": "llama",
     "gemma2": "llama",
+    "t5": "t5",
+    "mt5": "t5",
+    "umt5": "t5",
+    "bart": "bart",
+    "mbart": "bart",
+    "pegasus": "bart",
+    "marian": "bart",
 }
 # Task heads transformers puts on sequence-classification models.
 DEFAULT_HEADS = ["classifier", "score"]
@@ -61,20 +71,56 @@ def _patterns(spec: list[str] | str) -> list[tuple[str, bool]]:
     return [(spec, True)] if isinstance(spec, str) else [(p, False) for p in spec]
 
 
+def _stacks(model: nn.Module) -> dict[str, int]:
+    """The block lists of a model (ModuleLists not inside another one) -> the global index of
+    their first block: one list (offset 0) for an encoder or a decoder, the encoder's then
+    the decoder's for an encoder-decoder, so their blocks are numbered apart."""
+    stacks: dict[str, int] = {}
+    offset = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and not any(name.startswith(s + ".") for s in stacks):
+            stacks[name] = offset
+            offset += len(module)
+    return stacks
+
+
 def block_position(model: nn.Module, name: str) -> tuple[int | None, str]:
-    """(block index, name below the block) from the module path.
+    """(block index, module type) from the module path.
 
     The block is the element of the outermost nn.ModuleList on the path
-    ("bert.encoder.layer.3.attention.self.query" -> (3, "attention.self.query"));
-    modules outside any ModuleList get (None, full name).
+    ("bert.encoder.layer.3.attention.self.query" -> (3, "attention.self.query")).
+    An encoder-decoder numbers its decoder blocks after the encoder's (T5-small:
+    "decoder.block.0.layer.1.EncDecAttention.q" -> (6, "EncDecAttention.q")), and a
+    list inside a block drops out of the type, so cross-attention is its own type and
+    the same projection has one type in both stacks. Modules outside any ModuleList
+    get (None, full name).
     """
     parts = name.split(".")
     module = model
     for i, part in enumerate(parts[:-1]):
         module = getattr(module, part)
         if isinstance(module, nn.ModuleList) and parts[i + 1].isdigit():
-            return int(parts[i + 1]), ".".join(parts[i + 2 :])
+            offset = _stacks(model).get(".".join(parts[: i + 1]), 0)
+            return offset + int(parts[i + 1]), _type_below(
+                module[int(parts[i + 1])], parts[i + 2 :]
+            )
     return None, name
+
+
+def _type_below(block: nn.Module, parts: list[str]) -> str:
+    """The path below a block, without the name and index of a ModuleList inside it."""
+    kept: list[str] = []
+    module, skip = block, False
+    for part in parts:
+        child = getattr(module, part)
+        if skip:
+            skip = False
+        elif isinstance(child, nn.ModuleList):
+            skip = True  # drop the list's name and, next, its index
+        else:
+            kept.append(part)
+        module = child
+    return ".".join(kept)
 
 
 def supported_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -90,12 +136,17 @@ def _describe_names(model: nn.Module, names: Iterable[str]) -> str:
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """The family's default suffixes, by config.model_type or by what the model contains."""
+    """The family's default suffixes present in the model, by config.model_type or by what
+    the model contains."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    family = _FAMILY_OF.get(model_type or "")
-    if family is not None:
-        return DEFAULT_TARGETS[family]
     names = list(supported_modules(model))
+
+    def present(suffixes: list[str]) -> list[str]:
+        return [s for s in suffixes if any(name_matches(n, s) for n in names)]
+
+    family = _FAMILY_OF.get(model_type or "")
+    if family is not None and present(DEFAULT_TARGETS[family]):
+        return present(DEFAULT_TARGETS[family])
     for suffixes in DEFAULT_TARGETS.values():
         if all(any(name_matches(n, s) for n in names) for s in suffixes):
             return suffixes

@@ -394,10 +394,15 @@ class DoraTuner:
         return self
 
     # --- shipping ---
-    def export_peft(self, directory: str | Path) -> Path:
+    def export_peft(self, directory: str | Path, task_type: str | None = None) -> Path:
         """A PEFT LoRA adapter folder (uneven ranks) giving the same outputs; see export.py."""
         return _export_peft(
-            self.model, self._layers, self.heads, directory, dropout=self.config.dropout
+            self.model,
+            self._layers,
+            self.heads,
+            directory,
+            dropout=self.config.dropout,
+            task_type=task_type,
         )
 
     def merge(self) -> None:

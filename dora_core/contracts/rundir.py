@@ -19,12 +19,20 @@ RESULT_FILE = "result.json"  # written last: its presence means the run complete
 LOG_FILE = "log.txt"  # the worker's own log
 WORKER_LOG = "worker.log"  # stdout + stderr of a launched worker (the API's log tail)
 METRICS_FILE = "metrics.jsonl"  # every telemetry record, one per line
+SAMPLES_FILE = "samples.jsonl"  # generative runs: {step, prompt, reference, prediction} per line
 SPOOL_FILE = "telemetry-spool.jsonl"  # batches not yet acknowledged by the API
 STATE_FILE = "telemetry-state.json"  # the journal's commit point
 ADAPTER_DIR = "adapter"  # the PEFT adapter (every adapter method)
 DORA_DIR = "dora"  # tuner.save(): weights + tuner state + config
 MODEL_DIR = "model"  # method=full: the whole fine-tuned model
 CHECKPOINTS_DIR = "checkpoints"
+# The reporter's register body (modules, calendar, ranks, sizes), kept also when no API
+# listens: `dora sync` registers it later and `dora plot` lays out the heatmap with it.
+REGISTER_FILE = "register.json"
+TENSORBOARD_DIR = "tensorboard"  # report_to tensorboard: the event files
+TRACKERS_FILE = "trackers.json"  # report_to mlflow: the MLflow run a resumed run continues
+HEATMAP_FILE = "rank-heatmap.png"  # report_to mlflow: the final rank heatmap (an artifact)
+SYNC_FILE = "sync.json"  # `dora sync`: per API instance, its run and how far it got (0600)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -38,6 +46,12 @@ def read_lines(path: Path) -> list[str]:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every record in ``metrics.jsonl`` (complete lines)."""
     return [json.loads(line) for line in read_lines(Path(run_dir) / METRICS_FILE)]
+
+
+def read_register(run_dir: str | Path) -> dict | None:
+    """The run's module register (``REGISTER_FILE``); None when the run never wrote one."""
+    path = Path(run_dir) / REGISTER_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def settle(

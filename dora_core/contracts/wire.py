@@ -34,6 +34,19 @@ WRONG_INSTANCE = "wrong_instance"
 ORPHANED_EXIT = 75
 
 
+# --- tasks --------------------------------------------------------------------------------
+
+TaskName = Literal["classification", "causal-lm", "seq2seq"]
+TASKS: tuple[TaskName, ...] = ("classification", "causal-lm", "seq2seq")
+GENERATIVE_TASKS: frozenset[str] = frozenset({"causal-lm", "seq2seq"})
+# The dev metric that picks a run's best step, per task (higher is better for both).
+BEST_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "causal-lm": "rougeL",
+    "seq2seq": "rougeL",
+}
+
+
 # --- methods --------------------------------------------------------------------------------
 
 MethodName = Literal["dora", "lora", "adalora", "full"]
@@ -83,6 +96,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "failed",
     "cancelled",
     "log",
+    "samples",  # generated dev samples: data = {"samples": [{prompt, reference, prediction}]}
 )
 
 

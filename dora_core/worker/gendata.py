@@ -11,9 +11,11 @@ Three row shapes become one ``GenExample(prompt, completion)``:
 
 Tokens (``encode_causal``): the loss is on completion tokens only (prompt
 tokens are labelled -100) unless ``train_on_prompt``. When an example is too
-long the completion is kept and the prompt loses tokens from its start (its
-end, next to the completion, stays; so does a leading BOS). A completion that
-alone fills ``max_length`` is an error naming the example. For seq2seq
+long the completion is kept and the prompt loses tokens from its middle: its
+start (BOS, the instruction, the beginning of a document, which matters most
+for a summary) and its last ``min(room // 4, 64)`` tokens (the cue next to the
+completion, "Summary:") stay. A completion that alone fills ``max_length`` is
+an error naming the example. For seq2seq
 (``encode_seq2seq``) the prompt is the encoder input and the completion the labels.
 
 ``bbc_summary`` builds the ``bbc-summary`` preset the way XSum was built from
@@ -23,8 +25,9 @@ headline), the source the rest of the article.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 
 IGNORE = -100  # the label cross-entropy skips
+TAIL_TOKENS = 64  # a truncated prompt keeps at most this many of its last tokens
 
 # bbc-summary's prompt; the completion is " " + the lead paragraph.
 SUMMARY_PROMPT = "Summarize the article in one sentence.\n\nArticle: {source}\n\nSummary:"
@@ -43,7 +47,7 @@ class GenDataError(ValueError):
     """A row or an example that cannot be trained on: ``field`` names what to change."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
 
 
@@ -52,6 +56,32 @@ class GenExample:
     prompt: str
     completion: str
     eos: bool = True  # append the tokenizer's EOS (False: the chat template ends the turn)
+    reference: str | None = None  # what ROUGE compares with; None: the completion, stripped
+
+    @property
+    def target(self) -> str:
+        return self.reference if self.reference is not None else self.completion.strip()
+
+
+@dataclass(frozen=True)
+class GenDataset:
+    """Generative examples, splittable like a TextDataset (one class: a plain seeded split)."""
+
+    examples: list[GenExample]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def labels(self) -> list[int]:
+        return [0] * len(self.examples)
+
+    @property
+    def label_names(self) -> list[str]:
+        return []
+
+    def subset(self, indices: Sequence[int]) -> GenDataset:
+        return GenDataset([self.examples[i] for i in indices])
 
 
 # --- rows -> examples ---------------------------------------------------------------------------
@@ -120,8 +150,54 @@ def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
                 f"chat row {i}: the template renders the history differently "
                 "with and without the reply; cannot tell the reply's tokens apart",
             )
-        out.append(GenExample(prompt, full[len(prompt) :], eos=False))
+        reply = str(messages[-1]["content"]).strip()
+        out.append(GenExample(prompt, full[len(prompt) :], eos=False, reference=reply))
     return out
+
+
+def parse_messages(rows: list[dict]) -> list[dict]:
+    """A CSV cell holds the messages list as JSON text; decode it where it is a string."""
+    out = []
+    for i, row in enumerate(rows):
+        value = row.get("messages")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise GenDataError(
+                    "messages", f"row {i}: the messages cell is not a JSON list"
+                ) from None
+            row = {**row, "messages": value}
+        out.append(row)
+    return out
+
+
+def from_rows(
+    rows: list[dict],
+    tokenizer: Any,
+    *,
+    prompt_column: str,
+    completion_column: str,
+    text_column: str,
+    task: str,
+) -> list[GenExample]:
+    """A file's rows by their shape: a ``messages`` column is chat; prompt and completion
+    columns are pairs; a text column alone is language modelling (causal-lm only)."""
+    columns = set().union(*(row.keys() for row in rows[:1000])) if rows else set()
+    listed = ", ".join(sorted(columns)) or "none"
+    if "messages" in columns:
+        return from_chat(parse_messages(rows), tokenizer)
+    if prompt_column in columns or completion_column in columns:
+        return from_pairs(rows, prompt_column, completion_column)
+    if text_column in columns and task == "causal-lm":
+        return from_text(rows, text_column)
+    needs = "a 'messages' column, prompt and completion columns" + (
+        f", or a {text_column!r} text column" if task == "causal-lm" else ""
+    )
+    raise GenDataError(
+        "completion_column",
+        f"a {task} file needs {needs} (columns: {listed}); set prompt_column/completion_column",
+    )
 
 
 # --- bbc-summary ----------------------------------------------------------------------------
@@ -161,10 +237,16 @@ def bbc_summary(folder: Path) -> list[GenExample]:
 
 @dataclass
 class GenEncoded:
-    """Token ids and labels per example (unpadded); for seq2seq the labels are the target."""
+    """Token ids and labels per example (unpadded); for seq2seq the labels are the target.
+    ``prompt_lens[i]``: how many of ``input_ids[i]`` are the prompt (what generation starts
+    from: all of them for seq2seq)."""
 
     input_ids: list[list[int]]
     labels: list[list[int]]
+    prompt_lens: list[int]
+
+    def prompt(self, i: int) -> list[int]:
+        return self.input_ids[i][: self.prompt_lens[i]]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -174,8 +256,7 @@ def encode_causal(
     examples: Sequence[GenExample], tokenizer: Any, max_length: int, train_on_prompt: bool = False
 ) -> GenEncoded:
     """Prompt + completion as one sequence; labels -100 on the prompt (see the module doc)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    ids, labels = [], []
+    ids, labels, prompt_lens = [], [], []
     for i, ex in enumerate(examples):
         # With special tokens even an empty prompt (plain text) gets the tokenizer's BOS.
         prompt = list(tokenizer(ex.prompt, add_special_tokens=True)["input_ids"])
@@ -192,13 +273,14 @@ def encode_causal(
                 f"its prompt in max_length {max_length}; raise max_length",
             )
         if len(prompt) > room:
-            keep_bos = prompt[:1] if bos is not None and prompt[0] == bos else []
-            prompt = keep_bos + prompt[len(prompt) - (room - len(keep_bos)) :]
+            tail = min(room // 4, TAIL_TOKENS)
+            prompt = prompt[: room - tail] + (prompt[len(prompt) - tail :] if tail else [])
         ids.append(prompt + completion)
+        prompt_lens.append(len(prompt))
         labels.append(
             list(prompt) + completion if train_on_prompt else [IGNORE] * len(prompt) + completion
         )
-    return GenEncoded(ids, labels)
+    return GenEncoded(ids, labels, prompt_lens)
 
 
 def encode_seq2seq(examples: Sequence[GenExample], tokenizer: Any, max_length: int) -> GenEncoded:
@@ -210,9 +292,8 @@ def encode_seq2seq(examples: Sequence[GenExample], tokenizer: Any, max_length: i
         truncation=True,
         max_length=max_length,
     )
-    return GenEncoded(
-        [list(x) for x in sources["input_ids"]], [list(x) for x in targets["input_ids"]]
-    )
+    inputs = [list(x) for x in sources["input_ids"]]
+    return GenEncoded(inputs, [list(x) for x in targets["input_ids"]], [len(x) for x in inputs])
 
 
 def collate_generative(
@@ -234,3 +315,46 @@ def collate_generative(
         "attention_mask": attention,
         "labels": pad([data.labels[i] for i in indices], IGNORE),
     }
+
+
+# --- the job's dataset ------------------------------------------------------------------------
+
+
+def load_gen_dataset(job: Any, tokenizer: Callable[[], Any]) -> GenDataset:
+    """The generative examples named by a job: the bbc-summary preset or a user file
+    (``tokenizer`` is called only for chat data, whose rendering needs its template)."""
+    from dora_core.contracts.presets import DATASETS
+    from dora_core.worker.data import preset_path, presets_for, read_user_rows, user_source
+
+    if job.dataset == "bbc-summary":
+        return GenDataset(bbc_summary(preset_path(job.dataset)))
+    if job.dataset in DATASETS:
+        raise GenDataError(
+            "dataset",
+            f"{job.dataset!r} is a classification dataset; for {job.task} use "
+            f"{', '.join(presets_for(job.task))} or a prompt/completion file",
+        )
+    rows = read_user_rows(user_source(job, presets_for(job.task)))
+    if job.task == "seq2seq" and rows and "messages" in rows[0]:
+        raise GenDataError("task", "chat data needs a decoder model; use task causal-lm")
+    examples = from_rows(
+        rows,
+        _Lazy(tokenizer),
+        prompt_column=job.prompt_column,
+        completion_column=job.completion_column,
+        text_column=job.text_column,
+        task=job.task,
+    )
+    return GenDataset([ex for ex in examples if ex.completion.strip()])
+
+
+class _Lazy:
+    """A tokenizer loaded on first use (only chat data needs one while reading)."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._tok = load, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._tok is None:
+            self._tok = self._load()
+        return getattr(self._tok, name)

@@ -1,9 +1,11 @@
-"""Model loading for sequence classification: presets, local folders, GGUF files, cached hub ids.
+"""Model loading per task: presets, local folders, GGUF files, cached hub ids.
 
-Encoders use their classification head; decoder-only models use their
-``*ForSequenceClassification`` head, which reads the last non-pad token, so
-they need a pad token (the EOS token when the tokenizer has none). Which
-layers to adapt is ``dora_core.targets``' business.
+Classification: encoders use their classification head; decoder-only models
+use their ``*ForSequenceClassification`` head, which reads the last non-pad
+token, so they need a pad token (the EOS token when the tokenizer has none).
+``causal-lm`` loads ``AutoModelForCausalLM``, ``seq2seq``
+``AutoModelForSeq2SeqLM``; both keep their own LM head (frozen, no new
+weights). Which layers to adapt is ``dora_core.targets``' business.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ def load_config(source: ModelSource) -> Any:
     return AutoConfig.from_pretrained(source.location, **source.kwargs())
 
 
-def load_tokenizer(source: ModelSource) -> Any:
-    """The model's tokenizer, with a pad token (EOS for decoders that lack one)."""
+def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> Any:
+    """The model's tokenizer, with a pad token (EOS for decoders that lack one) and, when
+    given, the job's chat template (saved with the adapter, so inference renders alike)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise JobConfigError(
@@ -127,20 +132,38 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def load_model(
-    source: ModelSource, num_labels: int, pad_token_id: int, label_names: list[str] | None = None
-) -> nn.Module:
-    """A sequence-classification model with ``num_labels`` outputs (new head weights)."""
+def auto_class(task: str) -> Any:
+    """The transformers Auto class that loads a model for ``task``."""
     import transformers
-    from transformers import AutoModelForSequenceClassification
+
+    return {
+        "classification": transformers.AutoModelForSequenceClassification,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "seq2seq": transformers.AutoModelForSeq2SeqLM,
+    }[task]
+
+
+def load_model(
+    source: ModelSource,
+    num_labels: int,
+    pad_token_id: int,
+    label_names: list[str] | None = None,
+    task: str = "classification",
+) -> nn.Module:
+    """The model for ``task``: a classifier with ``num_labels`` outputs (new head weights), or
+    a causal / seq2seq LM with its own head."""
+    import transformers
 
     transformers.logging.set_verbosity_error()  # the "newly initialized head" report is expected
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source.location, num_labels=num_labels, **source.kwargs()
-    )
+    extra = {"num_labels": num_labels} if task == "classification" else {}
+    model = auto_class(task).from_pretrained(source.location, **extra, **source.kwargs())
     if source.gguf_file:
         as_plain_float(model)
     model.config.pad_token_id = pad_token_id
+    if task != "classification":
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = pad_token_id
+        return model
     if label_names:
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}

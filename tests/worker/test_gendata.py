@@ -48,10 +48,17 @@ def test_labels_mask_exactly_the_prompt_tokens(tok) -> None:
     assert both.labels == both.input_ids
 
 
-def test_truncation_keeps_the_completion_and_the_end_of_the_prompt(tok) -> None:
+def test_truncation_keeps_the_completion_and_cuts_the_middle_of_the_prompt(tok) -> None:
     ex = GenExample("the movie plot was really", "good fine")
+    eos = tok.eos_token_id
     enc = encode_causal([ex], tok, max_length=5)  # completion + EOS = 3, room for 2 prompt tokens
-    assert enc.input_ids == [[*ids(tok, "was really good fine"), tok.eos_token_id]]
+    assert enc.input_ids == [[*ids(tok, "the movie good fine"), eos]]  # room // 4 = 0: no tail
+    assert enc.prompt_lens == [2]
+    # room 8 -> tail 2, head 6 of a 10-token prompt: tokens 7 and 8 go.
+    long = GenExample("the movie plot was really quite a story the film", "good")
+    enc = encode_causal([long], tok, max_length=10)
+    assert enc.input_ids == [[*ids(tok, "the movie plot was really quite the film good"), eos]]
+    assert enc.labels[0] == [IGNORE] * 8 + ids(tok, "good") + [eos]
     with pytest.raises(GenDataError, match=r"^max_length: example 0's completion needs 3 tokens"):
         encode_causal([ex], tok, max_length=3)
 

@@ -1,7 +1,8 @@
 """The training worker: one job config in, a trained adapter and a telemetry stream out.
 
 A plain PyTorch loop (tqdm bar, periodic dev evaluation, checkpoints) that
-drives any of the four methods through ``methods.Method``. Exactness of
+drives any of the four methods through ``methods.Method`` on any task through
+``tasks.Task`` (classification, causal-lm, seq2seq). Exactness of
 ``--resume`` rests on three things: the data order is a pure function of
 (seed, epoch, micro-batch index); every RNG is saved in the checkpoint; the
 method state (tuner EMA/masks/step, AdaLoRA allocator) is saved with the
@@ -45,14 +46,16 @@ from dora_core.contracts.hosts import is_loopback_host
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
 from dora_core.reporting import report_event, report_state
-from dora_core.worker.data import BatchPlan, Encoded, collate, encode
-from dora_core.worker.models import load_model, load_tokenizer
+from dora_core.worker.data import BatchPlan
+from dora_core.worker.gendata import GenDataError
+from dora_core.worker.models import load_tokenizer
 from dora_core.worker.telemetry import NullReporter, Reporter
 from dora_core.worker.train import checkpoint, ddp
-from dora_core.worker.train.evaluation import evaluate
+from dora_core.worker.train.generation import clip_sample, write_samples
 from dora_core.worker.train.methods import Method, build_method
 from dora_core.worker.train.plan import Plan, default_run_dir, prepare
 from dora_core.worker.train.summary import summary_lines
+from dora_core.worker.train.tasks import Task, build_task
 
 log = logging.getLogger("dora.train")
 
@@ -162,14 +165,14 @@ class Worker:
         self.last_eval: dict[str, float] | None = None
         self.started = time.monotonic()
 
-        self.tokenizer = load_tokenizer(plan.source)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.train_data: Encoded = encode(plan.split.train, self.tokenizer, plan.max_length)
-        self.dev_data: Encoded = encode(plan.split.dev, self.tokenizer, plan.max_length)
+        self.tokenizer = load_tokenizer(plan.source, plan.chat_template)
+        try:
+            self.task: Task = build_task(plan, self.tokenizer)
+        except GenDataError as exc:
+            raise JobConfigError([(exc.field, exc.message)]) from None
+        self.train_data, self.dev_data = self.task.train, self.task.dev
         torch.manual_seed(plan.seed)  # the head and the adapters start from the seed
-        labels = plan.split.train.label_names
-        model = load_model(plan.source, plan.num_labels, self.pad_id, labels)
-        self.method: Method = build_method(model, plan.method)
+        self.method: Method = build_method(self.task.load_model(), plan.method)
         self.method.model.to(device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -239,15 +242,14 @@ class Worker:
             _, indices = next(batches)
             batch = {
                 key: value.to(self.device)
-                for key, value in collate(self.train_data, indices, self.pad_id).items()
+                for key, value in self.task.collate(self.train_data, indices).items()
             }
             last = k == accum - 1
             sync = contextlib.nullcontext() if last or not ddp.active() else self.wrapped.no_sync()
             with sync:
-                out = self.wrapped(**batch)
-                task = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
+                task = self.wrapped(**batch).loss  # the model's own loss on its labels
                 reg = self.method.regularization()
-                loss = out.loss + reg if reg is not None else out.loss
+                loss = task + reg if reg is not None else task
                 (loss / accum).backward()
             totals["loss"] += loss.item() / accum
             totals["task_loss"] += task.item() / accum
@@ -289,22 +291,25 @@ class Worker:
             report_event(self.reporter, self.method, step, event)
 
     def _evaluate(self) -> dict[str, float]:
-        metrics = evaluate(
-            self.method.model,
-            self.dev_data,
-            self.plan.num_labels,
-            self.pad_id,
-            self.plan.batch_size * 2,
-            self.device,
-        )
+        final = self.step == self.plan.total_steps
+        result = self.task.evaluate(self.method.model, self.device, self.step, final)
+        metrics = result.metrics
         self.last_eval = metrics
-        if self.best is None or metrics["accuracy"] > self.best["value"]:
-            self.best = {"key": "eval/accuracy", "value": metrics["accuracy"], "step": self.step}
+        key = self.task.best_key
+        if self.task.improved(metrics, self.best):
+            self.best = {"key": f"eval/{key}", "value": metrics[key], "step": self.step}
         self.reporter.scalars(self.step, {f"eval/{k}": v for k, v in metrics.items()})
-        summary = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}"
-        self.reporter.event(self.step, "eval", summary, metrics)
+        self.reporter.event(self.step, "eval", result.summary, metrics)
+        if result.samples and self.main:
+            write_samples(self.plan.run_dir, self.step, result.samples)
+            self.reporter.event(
+                self.step,
+                "samples",
+                f"{len(result.samples)} generated dev samples",
+                {"samples": [clip_sample(row) for row in result.samples]},
+            )
         if self.main:
-            log.info("step %d/%d: dev %s", self.step, self.plan.total_steps, summary)
+            log.info("step %d/%d: dev %s", self.step, self.plan.total_steps, result.summary)
         return metrics
 
     def save_checkpoint(self) -> Path | None:
@@ -355,7 +360,7 @@ class Worker:
                 bar.set_postfix(
                     loss=f"{scalars['loss']:.3f}",
                     **({"live": budget["live"]} if budget else {}),
-                    **({"acc": f"{self.last_eval['accuracy']:.3f}"} if self.last_eval else {}),
+                    **(self._bar_metric() if self.last_eval else {}),
                     refresh=False,
                 )
                 bar.update(1)
@@ -365,6 +370,11 @@ class Worker:
                         return self._orphaned(last_checkpoint)
                     return self._cancel(stop.signal or "signal", last_checkpoint)
         return self._finish()
+
+    def _bar_metric(self) -> dict[str, str]:
+        key = self.task.best_key
+        value = self.last_eval.get(key) if self.last_eval else None
+        return {key: f"{value:.3f}"} if value is not None else {}
 
     def _orphaned(self, last_checkpoint: int) -> Outcome:
         """Nobody has taken this run's telemetry for ``orphan_timeout`` s: stop, resumable."""
@@ -411,6 +421,7 @@ class Worker:
         result: dict[str, Any] = {
             "status": "completed",
             "method": self.method.name,
+            "task": self.task.name,
             "model": self.plan.record["model"],
             "dataset": self.plan.record["dataset"],
             "total_steps": self.plan.total_steps,
@@ -436,9 +447,9 @@ class Worker:
             for line in lines:
                 log.info("%s", line)
         ddp.barrier()
-        self.reporter.event(
-            self.step, "finished", f"dev accuracy {metrics['accuracy']:.4f}", result
-        )
+        key = self.task.best_key
+        shown = f"dev {key} {metrics[key]:.4f}" if key in metrics else "finished"
+        self.reporter.event(self.step, "finished", shown, result)
         return Outcome("completed", self.plan.run_dir, result)
 
 
@@ -463,8 +474,18 @@ def train(
     resume: bool = False,
     telemetry: Telemetry | None = None,
     progress: bool | None = None,
+    train_data: Any | None = None,
+    dev_data: Any | None = None,
 ) -> Outcome:
-    """Run one job (the same as `dora train`). Raises JobConfigError before training on a bad job."""
+    """Run one job (the same as `dora train`). Raises JobConfigError before training on a bad job.
+
+    ``train_data`` / ``dev_data``: ``datasets.Dataset`` objects to train and evaluate on
+    instead of reading ``job.dataset`` (then only the run's name); without ``dev_data``
+    the dev split is held out of ``train_data`` by the seeded split. A resume needs them
+    again.
+    """
+    if dev_data is not None and train_data is None:
+        raise JobConfigError([("dev_data", "given without train_data; pass both, or neither")])
     telemetry = telemetry or Telemetry()
     progress = sys.stderr.isatty() if progress is None else progress
     device = pick_device(job.device)
@@ -491,6 +512,7 @@ def train(
                 resume=resume,
                 world_size=ddp.world_size(),
                 report_every=telemetry.report_every,
+                given=None if train_data is None else (train_data, dev_data),
             )
         except JobConfigError as exc:
             if telemetry.run_id is not None and ddp.is_main():

@@ -27,8 +27,14 @@ from dora_core.config import DoraConfig
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.rundir import CHECKPOINTS_DIR, METRICS_FILE
 from dora_core.contracts.wire import METHODS, start_rank
-from dora_core.worker.data import BatchPlan, Split, load_dataset, make_split
-from dora_core.worker.models import ModelSource, load_config, resolve_model
+from dora_core.worker.data import BatchPlan, Split, given_split, load_dataset, make_split
+from dora_core.worker.models import (
+    ModelSource,
+    auto_class,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+)
 
 _FIELD = re.compile(r"^(\w+): (.*)$", re.S)
 
@@ -40,6 +46,7 @@ class MethodPlan:
     name: str
     total_steps: int  # T, optimizer steps
     settings: dict[str, Any]  # DoraConfig fields set by the job (JobConfig.dora_settings())
+    task: str = "classification"  # the exported adapter's PEFT task type follows it
 
     @property
     def target_rank(self) -> int:
@@ -68,6 +75,16 @@ class OptimPlan:
 
 
 @dataclass(frozen=True)
+class GenerationPlan:
+    """Generative tasks: what the dev evaluation generates, and the prompt tokens' loss."""
+
+    every: int | None  # optimizer steps between generations (None: only at the end)
+    max_samples: int
+    max_new_tokens: int
+    train_on_prompt: bool
+
+
+@dataclass(frozen=True)
 class Plan:
     """One run, fully resolved."""
 
@@ -86,6 +103,9 @@ class Plan:
     checkpoint_every: int
     report_every: int
     device: str  # auto / cpu / cuda
+    task: str = "classification"
+    generation: GenerationPlan = GenerationPlan(None, 0, 1, False)
+    chat_template: str | None = None  # the job's, when the tokenizer has none
 
     @property
     def total_steps(self) -> int:
@@ -93,7 +113,8 @@ class Plan:
 
     @property
     def num_labels(self) -> int:
-        return self.split.train.num_labels
+        """Classes of a classification run (0 for a generative one)."""
+        return len(self.split.train.label_names)
 
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -101,7 +122,7 @@ SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with
 
 def resolve_method(job: JobConfig, total_steps: int) -> MethodPlan:
     """The method part of the plan (also what export and merge rebuild from a checkpoint)."""
-    return MethodPlan(job.method, total_steps, job.dora_settings())
+    return MethodPlan(job.method, total_steps, job.dora_settings(), job.task)
 
 
 def field_error(exc: ValueError, default_field: str) -> JobConfigError:
@@ -156,15 +177,25 @@ def _check_model(job: JobConfig, source: ModelSource, num_labels: int) -> None:
                 )
             ]
         )
-    config.num_labels = num_labels
+    if job.task == "classification":
+        config.num_labels = num_labels
+    try:
+        with torch.device("meta"):  # the module tree only, no weights
+            skeleton = auto_class(job.task).from_config(config)
+    except ValueError as exc:
+        raise JobConfigError(
+            [
+                (
+                    "model",
+                    f"{job.model} ({config.model_type}) cannot be loaded for task {job.task}: "
+                    f"{str(exc).splitlines()[0][:200]}",
+                )
+            ]
+        ) from None
     if not METHODS[job.method].adapter:
         return
-    from transformers import AutoModelForSequenceClassification
-
     from dora_core.targets import find_targets
 
-    with torch.device("meta"):  # the module tree only, no weights
-        skeleton = AutoModelForSequenceClassification.from_config(config)
     try:
         find_targets(skeleton, job.target_modules)
     except ValueError as exc:
@@ -193,9 +224,11 @@ def prepare(
     resume: bool = False,
     world_size: int = 1,
     report_every: int | None = None,
+    given: tuple[Any, Any | None] | None = None,
 ) -> Plan:
     """Check the job against this machine and resolve the run; raises JobConfigError.
-    ``report_every`` overrides the job's (the launcher's ``--report-every``)."""
+    ``report_every`` overrides the job's (the launcher's ``--report-every``); ``given``,
+    the Python API's own (train, dev) tables, replaces the job's dataset and its split."""
     run_dir = Path(run_dir or job.output_dir or default_run_dir(job))
     if not resume and run_in_use(run_dir):
         raise JobConfigError(
@@ -208,18 +241,9 @@ def prepare(
         )
     if job.device == "cuda" and not torch.cuda.is_available():
         raise JobConfigError([("device", "cuda is not available on this machine; use auto or cpu")])
-    data = load_dataset(job)
-    if len(data) < 4:
-        raise JobConfigError(
-            [
-                (
-                    "dataset",
-                    f"{job.dataset} has {len(data)} usable examples; a train/dev split needs at least 4",
-                )
-            ]
-        )
-    split = make_split(data, job)
-    if not split.dev.texts:
+    source = resolve_model(job.model)
+    split = _split(job, load_data(job, source)) if given is None else _given_split(job, *given)
+    if not len(split.dev):
         raise JobConfigError(
             [("dev_fraction", "the dev split is empty; raise dev_fraction or use more data")]
         )
@@ -232,8 +256,7 @@ def prepare(
                 )
             ]
         )
-    source = resolve_model(job.model)
-    _check_model(job, source, data.num_labels)
+    _check_model(job, source, len(split.train.label_names))
     total_steps = count_steps(job, len(split.train), world_size)
     spec = resolve_method(job, total_steps)
     _check_schedule(spec)
@@ -261,4 +284,57 @@ def prepare(
         checkpoint_every=job.checkpoint_every or eval_every,
         report_every=report_every or job.report_every,
         device=job.device,
+        task=job.task,
+        generation=GenerationPlan(
+            every=job.generate_every,
+            max_samples=job.max_gen_samples,
+            max_new_tokens=job.max_new_tokens,
+            train_on_prompt=job.train_on_prompt,
+        ),
+        chat_template=job.chat_template,
     )
+
+
+def _split(job: JobConfig, data: Any) -> Split:
+    if len(data) < 4:
+        raise JobConfigError(
+            [
+                (
+                    "dataset",
+                    f"{job.dataset} has {len(data)} usable examples; a train/dev split needs at least 4",
+                )
+            ]
+        )
+    return make_split(data, job)
+
+
+def _given_split(job: JobConfig, train: Any, dev: Any | None) -> Split:
+    """The Python API's own tables (``datasets.Dataset``); classification jobs only."""
+    if job.task != "classification":
+        raise JobConfigError(
+            [
+                (
+                    "train_data",
+                    f"datasets.Dataset objects are read for classification jobs; write this "
+                    f"{job.task} job's rows to a .jsonl or .parquet file and name it as dataset",
+                )
+            ]
+        )
+    split = given_split(train, dev, job)
+    if len(split.train) < 2:
+        raise JobConfigError(
+            [("train_data", f"has {len(split.train)} usable examples; give at least 2")]
+        )
+    return split
+
+
+def load_data(job: JobConfig, source: ModelSource) -> Any:
+    """The whole dataset for the job's task (a chat file needs the model's tokenizer)."""
+    if job.task == "classification":
+        return load_dataset(job)
+    from dora_core.worker.gendata import GenDataError, load_gen_dataset
+
+    try:
+        return load_gen_dataset(job, lambda: load_tokenizer(source, job.chat_template))
+    except GenDataError as exc:
+        raise JobConfigError([(exc.field, exc.message)]) from None

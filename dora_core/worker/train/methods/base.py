@@ -24,6 +24,10 @@ class StepResult:
     compacted: bool = False  # parameter shapes changed (re-wrap DDP)
 
 
+# The job's task -> PEFT's task type (which PeftModel class loads the adapter).
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
 def count(params: Any) -> int:
     return sum(p.numel() for p in params)
 
@@ -43,6 +47,10 @@ class Method:
     @property
     def info(self) -> MethodInfo:
         return METHODS[self.name]
+
+    @property
+    def peft_task_type(self) -> str:
+        return PEFT_TASK_TYPES[self.spec.task]
 
     # --- optimisation -----------------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:

@@ -63,7 +63,7 @@ class DoraMethod(TunerTelemetry, Method):
         tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
 
     def export_adapter(self, out: Path) -> None:
-        self.tuner.export_peft(out)
+        self.tuner.export_peft(out, self.peft_task_type)
 
     def merged(self) -> nn.Module:
         self.tuner.merge()

@@ -25,7 +25,7 @@ from dora_core.contracts.rundir import ADAPTER_DIR
 from dora_core.importance import component_importance
 from dora_core.layer import layer_shape
 from dora_core.targets import block_position, find_heads, find_targets
-from dora_core.worker.train.methods.base import Method, StepResult, count
+from dora_core.worker.train.methods.base import PEFT_TASK_TYPES, Method, StepResult, count
 from dora_core.worker.train.plan import MethodPlan
 
 
@@ -103,6 +103,7 @@ class LoraMethod(PeftMethod):
             lora_dropout=spec.settings["dropout"],
             target_modules=targets,
             modules_to_save=heads,
+            task_type=PEFT_TASK_TYPES[spec.task],
         )
         return cls(model, spec, config, targets)
 
@@ -140,6 +141,7 @@ class AdaLoraMethod(PeftMethod):
             lora_dropout=calendar.dropout,
             target_modules=targets,
             modules_to_save=heads,
+            task_type=PEFT_TASK_TYPES[spec.task],
         )
         super().__init__(model, spec, config, targets)
 
