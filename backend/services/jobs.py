@@ -34,6 +34,7 @@ from backend.services.runs import (
     waiting_clause,
 )
 from backend.settings import Settings
+from dora_core.contracts.datasource import is_hf_spec
 from dora_core.contracts.job import JobConfig
 from dora_core.contracts.presets import DATASETS, MODELS
 from dora_core.contracts.rundir import JOB_FILE, RESULT_FILE, WORKER_LOG
@@ -57,7 +58,9 @@ def checked_config(data: object, settings: Settings) -> JobConfig:
         update["model"] = str(
             confine(config.model, settings.model_roots, "model", "DORA_MODEL_ROOTS")
         )
-    if config.dataset not in DATASETS:
+    if config.dataset not in DATASETS and not is_hf_spec(config.dataset):
+        # An hf: spec names an entry of the local datasets cache, never a path (the schema
+        # has checked its form), so there is nothing to confine.
         update["dataset"] = str(
             confine(config.dataset, settings.dataset_roots, "dataset", "DORA_DATASET_ROOTS")
         )

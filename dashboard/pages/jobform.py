@@ -126,7 +126,8 @@ PLACEHOLDERS = {
 }
 PATH_HELP = {
     "model_path": "A transformers model folder inside the API's model roots (DORA_MODEL_ROOTS)",
-    "dataset_path": "A .csv or .jsonl file inside the API's dataset roots (DORA_DATASET_ROOTS)",
+    "dataset_path": "A .csv, .jsonl or .parquet file inside the API's dataset roots "
+    "(DORA_DATASET_ROOTS), or hf:NAME[:CONFIG] from the API machine's datasets cache",
 }
 NULL_WORDS = {"none", "null", "off"}
 _INT = re.compile(r"^[+-]?\d+$")

@@ -53,9 +53,7 @@ def parse_hf_spec(value: str) -> HfSpec | None:
             "hf:imdb or hf:stanfordnlp/imdb:plain_text"
         )
     if config and not _CONFIG.fullmatch(config):
-        raise ValueError(
-            f"{value!r}: config {config!r} may hold letters, digits and _ . + - only"
-        )
+        raise ValueError(f"{value!r}: config {config!r} may hold letters, digits and _ . + - only")
     return HfSpec(name, config or None)
 
 
