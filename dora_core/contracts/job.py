@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dora_core.config import DoraConfig, check_phases, check_ranks
-from dora_core.contracts.wire import METHODS, MethodName, start_rank
+from dora_core.contracts.datasource import dataset_label, parse_hf_spec
+from dora_core.contracts.wire import METHODS, MethodName, TaskName, start_rank
 
 _SETTINGS = {f.name: f for f in fields(DoraConfig)}
 # The DoraConfig fields a job sets; the rest (total_steps, modules_to_save, compact) the
@@ -61,6 +62,11 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- what to train on ---
+    task: TaskName = Field(
+        "classification",
+        description="classification (a label per text), causal-lm (decoder SFT: instructions, "
+        "chat, text) or seq2seq (encoder-decoder, e.g. T5/BART summaries)",
+    )
     name: str | None = Field(
         None,
         max_length=120,
@@ -73,7 +79,9 @@ class JobConfig(BaseModel):
     )
     dataset: str = Field(
         min_length=1,
-        description="Dataset preset (rt-snippets, sms-spam, bbc-news, tweets) or a local .csv/.jsonl file",
+        description="Dataset preset (rt-snippets, sms-spam, bbc-news, tweets), a local "
+        ".csv/.jsonl/.parquet file, or hf:NAME[:CONFIG] from the local datasets cache "
+        "(offline; its train split, or its only one)",
     )
     text_column: str = Field(
         "text", min_length=1, description="Text column of a user CSV/JSONL file"
@@ -82,6 +90,23 @@ class JobConfig(BaseModel):
         "label",
         min_length=1,
         description="Label column of a user CSV/JSONL file (strings or integers)",
+    )
+    prompt_column: str = Field(
+        "prompt", min_length=1, description="Generative tasks: prompt (source) column of a file"
+    )
+    completion_column: str = Field(
+        "completion",
+        min_length=1,
+        description="Generative tasks: completion (target) column; a file with a 'messages' "
+        "column is chat, one with only text_column is plain language modelling",
+    )
+    train_on_prompt: bool = Field(
+        False,
+        description="Generative tasks: also train on prompt tokens (default: completion only)",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template for 'messages' data when the model's tokenizer has none",
     )
     max_length: int = Field(
         128,
@@ -159,11 +184,28 @@ class JobConfig(BaseModel):
     eval_every: int | None = Field(
         None, ge=1, description="Optimizer steps between dev evaluations; default: 10 per run"
     )
+    generate_every: int | None = Field(
+        None,
+        ge=1,
+        description="Generative tasks: optimizer steps between sample generations + ROUGE "
+        "(always at the end)",
+    )
+    max_gen_samples: int = Field(
+        64, ge=0, le=100_000, description="Generative tasks: dev examples generated for ROUGE"
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="Generative tasks: tokens generated per sample (greedy)"
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, description="Optimizer steps between checkpoints; default: at every evaluation"
     )
     report_every: int = Field(
         1, ge=1, description="Send scores every K steps (always at pruning events)"
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        [],
+        description="Also log the run to these trackers: tensorboard (event files in "
+        "<run dir>/tensorboard), mlflow (at $MLFLOW_TRACKING_URI); pip extra 'trackers'",
     )
     output_dir: str | None = Field(
         None, description="Run directory; default: <data dir>/runs/<name>-<timestamp>"
@@ -177,6 +219,14 @@ class JobConfig(BaseModel):
             problem = check_ranks(self.target_rank, self.init_rank) or problem
         if problem:
             raise ValueError(problem)
+        if self.task != "classification" and self.head_lr is not None:
+            raise ValueError(
+                f"head_lr: a {self.task} job trains no classification head; remove head_lr"
+            )
+        try:
+            parse_hf_spec(self.dataset)
+        except ValueError as exc:
+            raise ValueError(f"dataset: {exc}") from None
         if self.max_steps is None and self.epochs is None:
             raise ValueError("epochs: set epochs or max_steps")
         if self.target_modules is not None and not self.target_modules:
@@ -196,7 +246,7 @@ class JobConfig(BaseModel):
 
     @property
     def display_name(self) -> str:
-        return self.name or f"{self.method}-{Path(self.model).name}-{Path(self.dataset).stem}"
+        return self.name or f"{self.method}-{Path(self.model).name}-{dataset_label(self.dataset)}"
 
 
 def _field_of(loc: tuple) -> str:

@@ -1,4 +1,9 @@
-"""Text classification data: the four presets, user CSV/JSONL, a seeded split, batches.
+"""Text classification data: the four presets, user tables, a seeded split, batches.
+
+User tables (.csv, .jsonl, .parquet, ``hf:NAME[:CONFIG]`` from the local
+datasets cache, ``datasets.Dataset`` objects) are read by ``tables.read_table``.
+
+(Generative data, built on the same files, split and batches, is ``gendata``.)
 
 Everything a run needs to rebuild its data exactly: the split is a pure
 function of (labels, dev_fraction, seed) and is recorded in ``split.json``;
@@ -9,18 +14,20 @@ run only needs the number of micro-batches already consumed.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from dora_core.contracts.datasource import USER_FILE_SUFFIXES, HfSpec, parse_hf_spec
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.presets import DATASETS
+from dora_core.worker.tables import Table, read_table
+from dora_core.worker.tables import read_text as _read_text
 
 
 @dataclass(frozen=True)
@@ -38,21 +45,21 @@ class TextDataset:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-
-def _read_text(path: Path) -> str:
-    """UTF-8; a line that is not valid UTF-8 is read as cp1252 (the tweets corpus mixes both)."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "\n".join(_decode_line(line) for line in raw.split(b"\n"))
+    def subset(self, indices: Sequence[int]) -> TextDataset:
+        return TextDataset(
+            [self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names
+        )
 
 
-def _decode_line(line: bytes) -> str:
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        return line.decode("cp1252", errors="replace")
+class Splittable(Protocol):
+    """What the split needs of a dataset: its size, labels to stratify on, and subsets."""
+
+    labels: list[int]
+    label_names: list[str]
+
+    def __len__(self) -> int: ...
+
+    def subset(self, indices: Sequence[int]) -> Any: ...
 
 
 def _encode_labels(raw: Sequence[Any]) -> tuple[list[int], list[str]]:
@@ -116,37 +123,10 @@ _PRESET_READERS = {
 }
 
 
-def read_user_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a user .csv or .jsonl file as dicts (JSONL: one object per line)."""
-    text = _read_text(path)
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JobConfigError(
-                    [
-                        (
-                            "dataset",
-                            f"{path} line {number} is not valid JSON ({exc.msg}); fix that line",
-                        )
-                    ]
-                ) from None
-            if not isinstance(row, dict):
-                raise JobConfigError(
-                    [
-                        (
-                            "dataset",
-                            f"{path} line {number} is not a JSON object; write one object per line",
-                        )
-                    ]
-                )
-            rows.append(row)
-        return rows
-    return list(csv.DictReader(text.splitlines(keepends=True)))
+def read_user_rows(source: str | Path | HfSpec | Any) -> list[dict[str, Any]]:
+    """Rows of a user table as dicts: a .csv/.jsonl/.parquet file, an ``hf:NAME[:CONFIG]``
+    spec (local datasets cache, offline) or a ``datasets.Dataset``; see ``tables.read_table``."""
+    return read_table(source).rows
 
 
 def user_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -157,45 +137,78 @@ def user_columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def _user_file(path: Path, text_column: str, label_column: str) -> TextDataset:
-    rows = read_user_rows(path)
-    columns = user_columns(rows)
+def _labelled_rows(table: Table, text_column: str, label_column: str) -> tuple[list[str], list]:
+    """Texts and raw labels of the rows that have both (a ClassLabel's -1, no label, is left out)."""
+    columns = user_columns(table.rows)
     for field, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in columns:
             raise JobConfigError(
                 [
                     (
                         field,
-                        f"column {column!r} is not in {path.name} (columns: {', '.join(columns) or 'none'}); set {field} to one of them",
+                        f"column {column!r} is not in {table.name} (columns: {', '.join(columns) or 'none'}); set {field} to one of them",
                     )
                 ]
             )
     rows = [
         r
-        for r in rows
+        for r in table.rows
         if r.get(text_column) not in (None, "") and r.get(label_column) not in (None, "")
     ]
-    labels, names = _encode_labels([r[label_column] for r in rows])
-    return TextDataset([str(r[text_column]) for r in rows], labels, names)
+    if label_column in table.class_names:
+        count = len(table.class_names[label_column])
+        rows = [r for r in rows if 0 <= int(r[label_column]) < count]
+    return [str(r[text_column]) for r in rows], [r[label_column] for r in rows]
 
 
-def load_dataset(job: JobConfig) -> TextDataset:
-    """The whole labelled dataset named by the job (before splitting)."""
-    if job.dataset in DATASETS:
-        preset = DATASETS[job.dataset]
-        path = preset.path()
-        if path is None:
-            raise JobConfigError(
-                [("dataset", f"preset {job.dataset!r} is not installed; {preset.install_hint}")]
-            )
-        return _PRESET_READERS[job.dataset](path)
+def labelled(tables: Sequence[Table], text_column: str, label_column: str) -> list[TextDataset]:
+    """Each table as texts + labels under one label encoding (a dev table shares train's ids).
+
+    A ``datasets`` ClassLabel column keeps its own ids and names; other labels
+    go through ``_encode_labels`` over all tables together.
+    """
+    parts = [_labelled_rows(t, text_column, label_column) for t in tables]
+    feature_names = next(
+        (t.class_names[label_column] for t in tables if label_column in t.class_names), None
+    )
+    if feature_names is not None:
+        return [TextDataset(texts, [int(y) for y in raw], feature_names) for texts, raw in parts]
+    ids, names = _encode_labels([y for _, raw in parts for y in raw])
+    out, start = [], 0
+    for texts, _ in parts:
+        out.append(TextDataset(texts, ids[start : start + len(texts)], names))
+        start += len(texts)
+    return out
+
+
+def _check_classes(data: TextDataset, job: JobConfig, name: str) -> TextDataset:
+    classes = len(set(data.labels))
+    if classes < 2:
+        raise JobConfigError(
+            [
+                (
+                    "label_column",
+                    f"column {job.label_column!r} of {name} has {classes} distinct value(s); classification needs at least 2",
+                )
+            ]
+        )
+    return data
+
+
+USER_SUFFIXES = USER_FILE_SUFFIXES
+
+
+def user_file(job: JobConfig, presets: Sequence[str]) -> Path:
+    """The job's dataset as an existing user file, or the error that names the fix
+    (``presets``: the preset names this task could use instead)."""
     path = Path(job.dataset).expanduser()
-    if path.suffix.lower() not in (".csv", ".jsonl"):
+    if path.suffix.lower() not in USER_SUFFIXES:
         raise JobConfigError(
             [
                 (
                     "dataset",
-                    f"{job.dataset!r} is neither a preset ({', '.join(DATASETS)}) nor a .csv/.jsonl file; use one of those",
+                    f"{job.dataset!r} is neither a preset ({', '.join(presets)}) nor a "
+                    f"{'/'.join(USER_SUFFIXES)} file; use one of those",
                 )
             ]
         )
@@ -204,21 +217,51 @@ def load_dataset(job: JobConfig) -> TextDataset:
             [
                 (
                     "dataset",
-                    f"file {str(path)!r} does not exist; fix the path or use a preset ({', '.join(DATASETS)})",
+                    f"file {str(path)!r} does not exist; fix the path or use a preset ({', '.join(presets)})",
                 )
             ]
         )
-    data = _user_file(path, job.text_column, job.label_column)
-    if data.num_labels < 2:
+    return path
+
+
+def user_source(job: JobConfig, presets: Sequence[str]) -> Path | HfSpec:
+    """The job's own table: an ``hf:`` dataset spec, else an existing user file (``user_file``).
+    ``read_user_rows`` takes either."""
+    return parse_hf_spec(job.dataset) or user_file(job, presets)
+
+
+def preset_path(name: str) -> Path:
+    """The installed location of a dataset preset, or the error with the install hint."""
+    preset = DATASETS[name]
+    path = preset.path()
+    if path is None:
+        raise JobConfigError(
+            [("dataset", f"preset {name!r} is not installed; {preset.install_hint}")]
+        )
+    return path
+
+
+def presets_for(task: str) -> list[str]:
+    return [name for name, p in DATASETS.items() if task in p.tasks]
+
+
+def load_dataset(job: JobConfig) -> TextDataset:
+    """The whole labelled dataset named by the job (before splitting)."""
+    if job.dataset in _PRESET_READERS:
+        return _PRESET_READERS[job.dataset](preset_path(job.dataset))
+    if job.dataset in DATASETS:
         raise JobConfigError(
             [
                 (
-                    "label_column",
-                    f"column {job.label_column!r} of {path.name} has {data.num_labels} distinct value(s); classification needs at least 2",
+                    "dataset",
+                    f"{job.dataset!r} serves {', '.join(DATASETS[job.dataset].tasks)}, not "
+                    f"classification; set task or use {', '.join(presets_for('classification'))}",
                 )
             ]
         )
-    return data
+    table = read_table(user_source(job, presets_for("classification")))
+    (data,) = labelled([table], job.text_column, job.label_column)
+    return _check_classes(data, job, table.name)
 
 
 # --- the split -----------------------------------------------------------------------------
@@ -253,26 +296,17 @@ def split_indices(
 
 @dataclass(frozen=True)
 class Split:
-    train: TextDataset
-    dev: TextDataset
+    train: Any  # TextDataset or gendata.GenDataset (the same type as dev)
+    dev: Any
     record: dict  # what goes to split.json
 
 
-def make_split(data: TextDataset, job: JobConfig) -> Split:
+def make_split(data: Splittable, job: JobConfig) -> Split:
     """Apply the seeded split and the sample caps; the record lists every dev index."""
     train_idx, dev_idx = split_indices(data.labels, job.dev_fraction, job.seed)
     if job.max_train_samples is not None:
         train_idx = train_idx[: job.max_train_samples]
-    if job.max_dev_samples is not None:
-        gen = torch.Generator().manual_seed(job.seed + 1)
-        keep = sorted(torch.randperm(len(dev_idx), generator=gen)[: job.max_dev_samples].tolist())
-        dev_idx = [dev_idx[j] for j in keep]
-
-    def subset(idx: list[int]) -> TextDataset:
-        return TextDataset(
-            [data.texts[i] for i in idx], [data.labels[i] for i in idx], data.label_names
-        )
-
+    dev_idx = _cap_dev(dev_idx, job)
     record = {
         "dataset": job.dataset,
         "seed": job.seed,
@@ -283,7 +317,53 @@ def make_split(data: TextDataset, job: JobConfig) -> Split:
         "label_names": data.label_names,
         "dev_indices": dev_idx,
     }
-    return Split(subset(train_idx), subset(dev_idx), record)
+    return Split(data.subset(train_idx), data.subset(dev_idx), record)
+
+
+def _cap_dev(dev_idx: list[int], job: JobConfig) -> list[int]:
+    """``max_dev_samples`` of the dev indices, a seeded choice kept in order."""
+    if job.max_dev_samples is None:
+        return dev_idx
+    gen = torch.Generator().manual_seed(job.seed + 1)
+    keep = sorted(torch.randperm(len(dev_idx), generator=gen)[: job.max_dev_samples].tolist())
+    return [dev_idx[j] for j in keep]
+
+
+def given_split(train: Any, dev: Any | None, job: JobConfig) -> Split:
+    """The split of the caller's own tables (``datasets.Dataset`` objects given to ``train()``).
+
+    With ``dev`` the split is exactly those two tables (after the sample
+    caps: a seeded subset of each); without it, dev is held out of ``train``
+    by the seeded split, as for a file. ``split.json`` says which
+    (``source``) and lists dev indices into the table dev came from.
+    """
+    tables = [read_table(train, "train_data")]
+    if dev is not None:
+        tables.append(read_table(dev, "dev_data"))
+    parts = labelled(tables, job.text_column, job.label_column)
+    _check_classes(parts[0], job, "train_data")
+    if dev is None:
+        split = make_split(parts[0], job)
+        return Split(split.train, split.dev, {**split.record, "source": "train_data"})
+    train_data, dev_data = parts
+    train_idx = list(range(len(train_data)))
+    if job.max_train_samples is not None:
+        gen = torch.Generator().manual_seed(job.seed)
+        train_idx = sorted(
+            torch.randperm(len(train_idx), generator=gen).tolist()[: job.max_train_samples]
+        )
+    dev_idx = _cap_dev(list(range(len(dev_data))), job)
+    record = {
+        "dataset": job.dataset,
+        "source": "train_data + dev_data",
+        "seed": job.seed,
+        "total": len(train_data) + len(dev_data),
+        "train_size": len(train_idx),
+        "dev_size": len(dev_idx),
+        "label_names": train_data.label_names,
+        "dev_indices": dev_idx,
+    }
+    return Split(train_data.subset(train_idx), dev_data.subset(dev_idx), record)
 
 
 # --- tokens and batches --------------------------------------------------------------------
