@@ -71,6 +71,16 @@ class DoraLayer(nn.Module):
         return layer_shape(self.base_layer)
 
     @property
+    def weight(self) -> Tensor:
+        """The frozen base weight: model code that reads ``layer.weight`` (its dtype, say, as
+        T5's feed-forward does) keeps working on an adapted layer."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    @property
     def rank(self) -> int:
         """Rows currently held: r' until compaction, the live count after."""
         return self.dora_A.shape[0]

@@ -1,4 +1,4 @@
-"""The `dora` command line: train, export, merge, presets."""
+"""The `dora` command line: train, export, merge, predict, sync, plot, presets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ The job file (YAML or JSON) holds these fields; model and dataset are required:
 
 {fields}
 
-Telemetry is off unless --api or DORA_API_URL names the API. The launcher
+Telemetry is off unless --api or DORA_API_URL names the API (`dora sync RUN_DIR
+--api URL` uploads such a run later). The launcher
 also sets DORA_RUN_ID (report into that run), DORA_INGEST_TOKEN (its writer
 token) and DORA_API_INSTANCE (the API instance the run belongs to); a run
 created with --api keeps its token and the API's instance id in the run
@@ -48,7 +49,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
             if row["kind"] != kind:
                 continue
             state = "installed" if row["available"] else f"missing -> {row['install']}"
-            print(f"  {row['name']:<14} {state}\n      {row['description']}")
+            tasks = ", ".join(row["tasks"])
+            print(f"  {row['name']:<14} {state}; tasks: {tasks}\n      {row['description']}")
     return 0
 
 
@@ -66,6 +68,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return _error("train", "give a job file, or --resume RUN_DIR")
     except JobConfigError as exc:
         return _error("train", str(exc))
+    if args.report_to is not None:
+        from dora_core.contracts.job import parse_job_config
+
+        names = [name.strip() for name in args.report_to.split(",") if name.strip()]
+        try:
+            job = parse_job_config({**job.model_dump(mode="json"), "report_to": names})
+        except JobConfigError as exc:
+            return _error("train", f"--report-to {args.report_to!r}: {exc}")
 
     from dora_core.worker.train.loop import Telemetry, train
 
@@ -142,6 +152,85 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dora_core.contracts.job import JobConfigError
+    from dora_core.worker.train.artifacts import generate
+
+    if (args.prompt is None) == (args.messages is None):
+        return _error("generate", "give --prompt TEXT or --messages FILE.json (one of them)")
+    messages = None
+    if args.messages is not None:
+        try:
+            messages = json.loads(Path(args.messages).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            return _error("generate", f"--messages {args.messages}: {exc}")
+        if not isinstance(messages, list):
+            return _error("generate", "--messages: the file must hold a JSON list of messages")
+    try:
+        texts = generate(
+            Path(args.run_dir),
+            prompts=args.prompt,
+            messages=messages,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (JobConfigError, ValueError, FileNotFoundError) as exc:
+        return _error("generate", str(exc))
+    if args.json:
+        print(json.dumps(texts, indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(texts))
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    """`dora sync`: upload a run trained without an API (dora_core/worker/telemetry/sync.py)."""
+    from dora_core.contracts.hosts import dashboard_run_url
+    from dora_core.worker.telemetry.sync import SyncError, sync
+
+    api = args.api or os.environ.get("DORA_API_URL")
+    if not api:
+        return _error("sync", "give the API: --api URL (or set DORA_API_URL)")
+    token = args.token or os.environ.get("DORA_API_TOKEN") or None
+    try:
+        done = sync(args.run_dir, api, token)
+    except SyncError as exc:
+        return _error("sync", str(exc), exc.code)
+    where = dashboard_run_url(api, done.run_id, os.environ.get("DORA_DASH_URL"))
+    at = f" ({where})" if where else ""
+    if done.live:
+        left = f"; {done.spool_left} spooled requests still undelivered" if done.spool_left else ""
+        print(
+            f"{args.run_dir} was reported live to this API as run {done.run_id}{at}: "
+            f"nothing to sync{left}"
+        )
+        return 1 if done.spool_left else 0
+    if done.sent == 0 and not done.created:
+        print(f"{args.run_dir} is already synced to this API as run {done.run_id}{at}")
+        return 0
+    print(f"synced {args.run_dir} to {api} as run {done.run_id}{at}: {done.sent} records")
+    if not done.finished:
+        print(
+            "the run has no final event yet (still training, or stopped): it shows as running; "
+            "`dora sync` again sends what comes next"
+        )
+    return 0
+
+
+PLOT_HELP = "draw a run's rank heatmap, budget, importance and curves to HTML or PNG (no server)"
+
+
+def _cmd_plot(argv: list[str]) -> int:
+    """`dora plot` is drawn by the dashboard's figure functions, which the worker may not
+    import (docs/architecture.md): it runs ``dashboard.plot`` in its own process."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("dashboard") is None or importlib.util.find_spec("plotly") is None:
+        return _error("plot", "needs the dashboard: pip install 'dora-toolkit[dashboard]'")
+    code = "import sys; from dashboard.plot import main; sys.exit(main(sys.argv[1:], 'dora plot'))"
+    return subprocess.run([sys.executable, "-c", code, *argv], check=False).returncode
+
+
 def _ship(verb: str, args: argparse.Namespace) -> int:
     """`dora export` / `dora merge`: the run's adapter, or its merged model, at OUT."""
     from dora_core.contracts.job import JobConfigError
@@ -173,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune a model from a job file (YAML or JSON)",
-        description="Fine-tune a model for sequence classification with dora, lora, adalora or full.",
+        description="Fine-tune a model with dora, lora, adalora or full: sequence classification "
+        "(task: classification) or generation (task: causal-lm, seq2seq).",
         epilog=TRAIN_EPILOG.format(fields=fields_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -197,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop (checkpointed, resumable, exit 75) once the API has taken no telemetry for "
         "this long: down, or another API instance at its address "
         "(default $DORA_ORPHAN_TIMEOUT_S or 1800)",
+    )
+    train.add_argument(
+        "--report-to",
+        metavar="NAMES",
+        help="also log to these trackers, comma-separated: tensorboard, mlflow "
+        "(overrides the job's report_to; '' for none)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
@@ -223,6 +319,46 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(func=_cmd_predict)
 
+    gen = sub.add_parser(
+        "generate", help="complete a prompt with a generative run's trained model (greedy)"
+    )
+    gen.add_argument(
+        "run_dir", help="a causal-lm or seq2seq run (finished, or its newest checkpoint)"
+    )
+    gen.add_argument("--prompt", action="append", help="prompt to complete (repeatable)")
+    gen.add_argument(
+        "--messages",
+        metavar="FILE.json",
+        help="a chat history ([{role, content}, ...]) rendered with the run's chat template",
+    )
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="tokens to generate (default: the job's max_new_tokens)",
+    )
+    gen.add_argument("--json", action="store_true", help="machine-readable output")
+    gen.set_defaults(func=_cmd_generate)
+
+    sync = sub.add_parser(
+        "sync",
+        help="upload a run trained without --api to the API as an ordinary run (again: only "
+        "what is new)",
+        description="Upload a run directory trained without --api to the API, as an ordinary "
+        "dashboard run: its config, module register, every metrics.jsonl record and its final "
+        "status. Progress is kept in RUN_DIR/sync.json: syncing again sends only what is new, "
+        "and a run that was reported live to this API is recognised and not duplicated.",
+    )
+    sync.add_argument("run_dir", help="a run directory (finished, stopped or still training)")
+    sync.add_argument("--api", metavar="URL", help="the API (default $DORA_API_URL)")
+    sync.add_argument(
+        "--token", help="the API's token when it requires one (default $DORA_API_TOKEN)"
+    )
+    sync.set_defaults(func=_cmd_sync)
+
+    # Parsed by dashboard.plot itself (main() hands it the arguments); listed here for --help.
+    sub.add_parser("plot", help=PLOT_HELP, add_help=False)
+
     presets = sub.add_parser(
         "presets", help="list model and dataset presets and whether they are installed"
     )
@@ -232,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plot"]:
+        return _cmd_plot(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -239,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if getattr(args, "report_every", None) is not None and args.report_every < 1:
         return _error(args.command, "--report-every: must be at least 1")
+    if getattr(args, "max_new_tokens", None) is not None and args.max_new_tokens < 1:
+        return _error(args.command, "--max-new-tokens: must be at least 1")
     return int(args.func(args) or 0)
 
 

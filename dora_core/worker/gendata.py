@@ -141,9 +141,7 @@ def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
                 f"chat row {i}: the last message is the target and must be the assistant's",
             )
         full = tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt = tokenizer.apply_chat_template(
-            messages[:-1], tokenize=False, add_generation_prompt=True
-        )
+        prompt = chat_prompt(messages[:-1], tokenizer)
         if not full.startswith(prompt):
             raise GenDataError(
                 "chat_template",
@@ -153,6 +151,20 @@ def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
         reply = str(messages[-1]["content"]).strip()
         out.append(GenExample(prompt, full[len(prompt) :], eos=False, reference=reply))
     return out
+
+
+def chat_prompt(messages: list[dict], tokenizer: Any) -> str:
+    """A chat history rendered with the template, up to the assistant's turn to speak."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenDataError(
+            "chat_template",
+            "the model's tokenizer has no chat template; give one in the job's chat_template "
+            "field or use prompt/completion columns",
+        )
+    for m in messages:
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
+            raise GenDataError("messages", "every message needs 'role' and 'content'")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def parse_messages(rows: list[dict]) -> list[dict]:

@@ -22,8 +22,8 @@ from dora_core.contracts.rundir import (
     RESULT_FILE,
     SPLIT_FILE,
 )
-from dora_core.contracts.wire import METHODS
-from dora_core.worker.models import load_model, load_tokenizer, resolve_model
+from dora_core.contracts.wire import GENERATIVE_TASKS, METHODS
+from dora_core.worker.models import auto_class, load_model, load_tokenizer, resolve_model
 from dora_core.worker.train import checkpoint
 from dora_core.worker.train.methods import METHOD_CLASSES, Method, build_method
 from dora_core.worker.train.plan import resolve_method
@@ -41,8 +41,9 @@ def _run(run_dir: Path) -> tuple[JobConfig, list[str]]:
 
 def _base(job: JobConfig, labels: list[str]) -> tuple[nn.Module, Any]:
     source = resolve_model(job.model)
-    tokenizer = load_tokenizer(source)
-    return load_model(source, len(labels), tokenizer.pad_token_id, labels), tokenizer
+    tokenizer = load_tokenizer(source, job.chat_template)
+    model = load_model(source, len(labels), tokenizer.pad_token_id, labels, task=job.task)
+    return model, tokenizer
 
 
 def _from_checkpoint(run_dir: Path, job: JobConfig, labels: list[str]) -> tuple[Method, Any]:
@@ -83,10 +84,8 @@ def trained_model(run_dir: Path) -> tuple[nn.Module, Any, list[str]]:
     job, labels = _run(run_dir)
     if _finished(run_dir):
         if not METHODS[job.method].adapter:  # the run saved the whole model
-            from transformers import AutoModelForSequenceClassification
-
-            tokenizer = load_tokenizer(resolve_model(job.model))
-            model = AutoModelForSequenceClassification.from_pretrained(run_dir / MODEL_DIR)
+            tokenizer = load_tokenizer(resolve_model(job.model), job.chat_template)
+            model = auto_class(job.task).from_pretrained(run_dir / MODEL_DIR)
             return model, tokenizer, labels
         model, tokenizer = _base(job, labels)
         return METHOD_CLASSES[job.method].merge_saved(model, run_dir), tokenizer, labels
@@ -106,10 +105,30 @@ def merge_model(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def _require_task(run_dir: Path, generative: bool) -> JobConfig:
+    """The run's job, or a one-line error when the run is of the other kind of task."""
+    job, _ = _run(run_dir)
+    if generative and job.task not in GENERATIVE_TASKS:
+        raise JobConfigError(
+            [
+                (
+                    "task",
+                    f"{run_dir} is a classification run; use `dora predict {run_dir} --text ...`",
+                )
+            ]
+        )
+    if not generative and job.task in GENERATIVE_TASKS:
+        raise JobConfigError(
+            [("task", f"{run_dir} is a {job.task} run; use `dora generate {run_dir} --prompt ...`")]
+        )
+    return job
+
+
 def predict(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
     """Label and class probabilities of each text under the run's trained model."""
     import torch
 
+    _require_task(run_dir, generative=False)
     model, tokenizer, labels = trained_model(run_dir)
     model.eval()
     batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
@@ -124,3 +143,40 @@ def predict(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
         }
         for row in probs
     ]
+
+
+def generate(
+    run_dir: Path,
+    prompts: list[str] | None = None,
+    messages: list[dict] | None = None,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Greedy completions from the run's trained model: of each prompt (tokenised as in
+    training), or of a chat history rendered with the run's chat template."""
+    import torch
+
+    from dora_core.worker.gendata import GenDataError, chat_prompt
+    from dora_core.worker.train.generation import generate_texts
+
+    job = _require_task(run_dir, generative=True)
+    model, tokenizer, _ = trained_model(run_dir)
+    if messages is not None:
+        try:
+            prompts = [chat_prompt(messages, tokenizer)]
+        except GenDataError as exc:
+            raise JobConfigError([(exc.field, exc.message)]) from None
+    causal = job.task == "causal-lm"
+    ids = [
+        list(tokenizer(p, truncation=not causal, max_length=job.max_length)["input_ids"])
+        for p in prompts or []
+    ]
+    model.to(torch.device("cpu"))
+    return generate_texts(
+        model,
+        ids,
+        tokenizer,
+        max_new_tokens=max_new_tokens or job.max_new_tokens,
+        batch_size=8,
+        device=torch.device("cpu"),
+        causal=causal,
+    )
