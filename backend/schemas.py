@@ -129,6 +129,10 @@ class RunPublic(BaseModel):
     name: str
     status: RunStatus
     method: str
+    task: str = Field(
+        description="The job's task (classification, causal-lm, seq2seq), from its config; "
+        "classification for runs whose config predates the field"
+    )
     model: str
     dataset: str
     config: dict[str, Any]
@@ -294,6 +298,22 @@ class EventPublic(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: datetime
+
+
+class Sample(BaseModel):
+    """One generated dev example (texts as the worker clipped them, at most 2000 characters)."""
+
+    prompt: str
+    reference: str
+    prediction: str
+
+
+class SampleSet(BaseModel):
+    """``GET /api/runs/{id}/samples``: one generating evaluation's samples."""
+
+    step: int | None = Field(description="The step of these samples; null when there are none")
+    steps: list[int] = Field(description="Every step that has samples, ascending")
+    samples: list[Sample]
 
 
 # --- jobs, health -------------------------------------------------------------

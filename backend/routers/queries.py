@@ -13,6 +13,7 @@ from backend.schemas import (
     BudgetSeries,
     EventPublic,
     RankMatrix,
+    SampleSet,
     ScalarSeries,
     ScoreSeries,
     StepList,
@@ -100,3 +101,20 @@ def events(
 ) -> list[EventPublic]:
     """Pruning, evaluation, checkpoint and status events, oldest first."""
     return queries.events(session, run_id, kind, since_step, limit)
+
+
+@router.get("/{run_id}/samples")
+def samples(
+    run_id: RunId,
+    session: ReadSession,
+    step: Annotated[
+        int | None,
+        Query(
+            ge=0, le=INT32, description="This step's samples (404 if it has none); default latest"
+        ),
+    ] = None,
+) -> SampleSet:
+    """Generated dev samples (prompt, reference, prediction) of a generative run's latest
+    generating evaluation, or of ``step``, with every step that has samples; an empty list
+    for a run without any (classification runs never have them)."""
+    return queries.samples(session, run_id, step)

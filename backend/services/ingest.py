@@ -35,8 +35,17 @@ from backend.services.runs import layout_of, lock_run
 from dora_core.contracts.wire import FINAL_EVENT_STATUS, FINAL_STATUSES
 
 EVAL_PREFIX = "eval/"
-# Which eval scalar defines a run's "best" step, and whether higher is better.
-BEST_KEYS = (("eval/accuracy", True), ("eval/macro_f1", True), ("eval/loss", False))
+# Which eval scalar defines a run's "best" step, and whether higher is better: the first of
+# these an eval reports, in this order. Classification reports accuracy at every eval; a
+# generative run reports loss and perplexity at every eval and ROUGE only when it generates,
+# so its best is ROUGE-L once it has one (its loss-only evals leave that best alone) and the
+# lowest loss for plain-text language modelling, which never generates (wire.BEST_METRIC).
+BEST_KEYS = (
+    ("eval/accuracy", True),
+    ("eval/rougeL", True),
+    ("eval/macro_f1", True),
+    ("eval/loss", False),
+)
 
 
 def ingest(session: Session, run_id: int, batch: TelemetryBatch) -> IngestAck:

@@ -27,6 +27,8 @@ from backend.schemas import (
     EventPublic,
     ModuleSeries,
     RankMatrix,
+    Sample,
+    SampleSet,
     ScalarSeries,
     ScoreSeries,
     Series,
@@ -37,6 +39,8 @@ from dora_core.contracts.rankgrid import rank_grid
 
 # Event kinds whose steps a downsampled score series always keeps.
 PRUNING_KINDS = ("prune", "mask_frozen")
+# The texts of one generated sample (a ``samples`` event's data, docs/protocol.md).
+SAMPLE_FIELDS = ("prompt", "reference", "prediction")
 # Rows per ``step IN (...)`` query: below SQLite's oldest variable limit (999).
 _IN_CHUNK = 900
 
@@ -223,3 +227,41 @@ def events(
         )
         for e in reversed(list(latest))
     ]
+
+
+def _sample_text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _samples_of(data: Any) -> list[Sample]:
+    """The samples of one event's data, ``{"samples": [{prompt, reference, prediction}]}``.
+
+    Event data is stored as the worker sent it (only its JSON is checked at ingest), so a
+    malformed entry is left out and a missing text is empty, rather than a 500 here.
+    """
+    rows = data.get("samples") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [
+        Sample(**{key: _sample_text(row.get(key)) for key in SAMPLE_FIELDS})
+        for row in rows
+        if isinstance(row, dict)
+    ]
+
+
+def samples(session: Session, run_id: int, step: int | None) -> SampleSet:
+    """The generated dev samples of the latest generating evaluation (or of ``step``), and
+    every step that has samples. A step reported twice (a resumed run) shows its last report."""
+    ensure_run(session, run_id)
+    where = (Event.run_id == run_id, Event.kind == "samples")
+    steps = list(session.scalars(select(Event.step).where(*where).distinct().order_by(Event.step)))
+    if step is not None and step not in steps:
+        listed = ", ".join(map(str, steps)) if steps else "none yet"
+        raise NotFound(f"run {run_id} has no samples at step {step} (steps with samples: {listed})")
+    if not steps:
+        return SampleSet(step=None, steps=[], samples=[])
+    shown = steps[-1] if step is None else step
+    data = session.scalar(
+        select(Event.data).where(*where, Event.step == shown).order_by(Event.id.desc()).limit(1)
+    )
+    return SampleSet(step=shown, steps=steps, samples=_samples_of(data))

@@ -246,6 +246,13 @@ def has_adapter(run: Run) -> bool:
     return bool(run.run_dir) and (Path(run.run_dir) / "adapter" / "adapter_config.json").is_file()
 
 
+def task_of(config: dict | None) -> str:
+    """A run's task, from its stored job config (configs stored before tasks existed have none:
+    every such run was a classification run)."""
+    task = (config or {}).get("task")
+    return task if isinstance(task, str) and task else "classification"
+
+
 def to_public(run: Run, queue_position: int | None = None) -> RunPublic:
     """The API's view of a run; ``queue_position`` from ``queue_position(s)`` when waiting."""
     return RunPublic(
@@ -253,6 +260,7 @@ def to_public(run: Run, queue_position: int | None = None) -> RunPublic:
         name=run.name,
         status=run.status,
         method=run.method,
+        task=task_of(run.config),
         model=run.model,
         dataset=run.dataset,
         config=run.config,
