@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TRACKERS := $(VENV)/.installed-trackers
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml requirements-data.txt constraints.txt
 
 install: $(STAMP)
 
+# The report_to trackers (TensorBoard, MLflow): the tests need them, `make run` does not.
+$(TRACKERS): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[trackers]'
+	touch $(TRACKERS)
+
 # Headless Chromium for the browser tests and the compose CLI for config
 # validation. Installed only when we are root with apt; tests skip otherwise.
 system-deps:
@@ -27,10 +33,10 @@ system-deps:
 run: install
 	$(PY) -m backend.serve --demo
 
-test: install system-deps
+test: install $(TRACKERS) system-deps
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install $(TRACKERS)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 lint: install

@@ -9,6 +9,10 @@ without the training stack.
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
+
+# Where `make run` serves the dashboard.
+LOCAL_DASHBOARD = "http://127.0.0.1:8050"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -29,3 +33,11 @@ def is_loopback_host(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def dashboard_run_url(api_url: str, run_id: int, dash_url: str | None) -> str | None:
+    """A run's dashboard page: under ``dash_url`` (``DORA_DASH_URL``), else under make run's
+    dashboard when the API is on this machine; None when neither says where it is."""
+    if dash_url is None and is_loopback_host(urlsplit(api_url).hostname or ""):
+        dash_url = LOCAL_DASHBOARD
+    return f"{dash_url.rstrip('/')}/runs/{run_id}" if dash_url else None

@@ -1,7 +1,8 @@
 """The layers x module-types grid of a rank pattern, from self-describing rows.
 
-The API's ``/rank-matrix`` answer (``backend.services.queries``) and the
-study report's heatmaps (``bench.report.heatmaps``) both lay values out this
+The API's ``/rank-matrix`` answer (``backend.services.queries``), the
+study report's heatmaps (``bench.report.heatmaps``), the worker's trackers and
+``dora plot`` (``rank_matrix``, from a run directory) all lay values out this
 way: one row per transformer layer, ascending, one column per module type,
 in the order the types first appear (the model's own order inside a block).
 Standard library only.
@@ -9,7 +10,7 @@ Standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -43,3 +44,31 @@ def rank_grid(
         for layer in layers
     ]
     return RankGrid(layers, types, matrix)
+
+
+def rank_matrix(
+    modules: Sequence[Mapping[str, Any]],
+    masks: Mapping[str, Sequence[int]] | None,
+    step: int | None = None,
+) -> dict[str, Any]:
+    """The API's ``/rank-matrix`` answer, from a run directory instead of the database.
+
+    ``modules`` are the register's (name, layer, type, rank), ``masks`` one scores
+    record's (live = the sum of a module's mask; None before any scores). Modules
+    outside the blocks (layer None) are left out, as the API leaves them out.
+    """
+    blocks = [m for m in modules if m.get("layer") is not None]
+
+    def live(module: Mapping[str, Any]) -> int | None:
+        mask = masks.get(module["name"]) if masks is not None else None
+        return int(sum(mask)) if mask is not None else None
+
+    grid = rank_grid((m["layer"], m["type"], live(m)) for m in blocks)
+    return {
+        "step": step,
+        "layers": grid.layers,
+        "types": grid.types,
+        "live": grid.matrix,
+        "rank": rank_grid((m["layer"], m["type"], m["rank"]) for m in blocks).matrix,
+        "modules": rank_grid((m["layer"], m["type"], m["name"]) for m in blocks).matrix,
+    }

@@ -61,6 +61,7 @@ BAD_FIELDS: dict[str, list] = {
     "eval_every": [0],
     "checkpoint_every": [0],
     "report_every": [0, None],
+    "report_to": ["tensorboard", ["wandb"], [None]],
     "output_dir": ["/tmp/elsewhere", "runs/1"],
     "device": ["tpu", "cuda:0"],
 }

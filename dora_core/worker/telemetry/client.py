@@ -89,6 +89,19 @@ class ApiClient:
         except ValueError:
             return {}
 
+    def health(self) -> dict:
+        """GET /api/health -> ``status``, ``version`` and the API's ``instance`` id."""
+        try:
+            response = self._http.get("/api/health")
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            raise ApiUnavailable(f"HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiUnavailable("GET /api/health did not answer JSON") from None
+
     def create_run(self, name: str, config: dict) -> dict:
         """POST /api/runs -> the new run: ``id``, its writer ``token``, the API's ``instance``."""
         return self._post("/api/runs", {"name": name, "config": config})

@@ -31,6 +31,7 @@ from typing import Any
 
 from dora_core.contracts.rundir import (
     METRICS_FILE,
+    REGISTER_FILE,
     SPOOL_FILE,
     STATE_FILE,
     read_lines,
@@ -102,18 +103,17 @@ class Journal:
     def commit(self, records: Iterable[dict]) -> dict | None:
         """Write a batch of new records; returns the batch body (None if all were old)."""
         fresh = [r for r in records if r.get("force") or not self.already_reported(r)]
-        body: dict[str, Any] = {"seq": self.state["next_seq"]}
-        lines = []
+        lines, kept = [], []
         for record in fresh:
             record.pop("force", None)
             line = _wire_line(record)
             if line is None:
                 continue
             lines.append(line)
-            item = {k: v for k, v in record.items() if k != "type"}
-            body.setdefault(BATCH_KEYS[record["type"]], []).append(item)
+            kept.append(record)
         if not lines:
             return None
+        body = batch_body(self.state["next_seq"], kept)
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.writelines(lines)
         if self.use_spool:
@@ -122,6 +122,10 @@ class Journal:
         self.state["metrics_lines"] += len(lines)
         self._write_state()
         return body
+
+    def keep_register(self, body: dict) -> None:
+        """The module register, for readers of the run directory (``dora sync``, ``dora plot``)."""
+        _atomic_write(self.dir / REGISTER_FILE, json.dumps(body, indent=1) + "\n")
 
     def spool(self, item: dict) -> None:
         """Queue a request for the API (kept on disk until acknowledged)."""
@@ -161,6 +165,16 @@ class Journal:
 
     def _write_state(self) -> None:
         _atomic_write(self.state_path, json.dumps(self.state), private=True)
+
+
+def batch_body(seq: int, records: Iterable[dict]) -> dict[str, Any]:
+    """A telemetry batch as the API takes it: ``seq`` and the records grouped by kind
+    (``metrics.jsonl`` lines less their ``type``), in their order within each kind."""
+    body: dict[str, Any] = {"seq": seq}
+    for record in records:
+        item = {k: v for k, v in record.items() if k != "type"}
+        body.setdefault(BATCH_KEYS[record["type"]], []).append(item)
+    return body
 
 
 def _finite(value: Any) -> Any:

@@ -16,6 +16,11 @@ treats it like an API that is down: the spool waits for the right one.
 ``unreachable_for`` tells the loop how long nothing got through, so that an
 orphaned worker can stop (``Telemetry.orphan_timeout``).
 
+The same thread hands each journaled batch and the module register to the
+run's trackers (``trackers.py``: TensorBoard, MLflow), and the register is
+kept in the run directory (``register.json``) whether an API listens or not,
+so that ``dora sync`` can upload an offline run later.
+
 The flush interval is 1 s: each batch costs the API a request and a
 transaction, and on a shared 2-core machine that cost is what the training
 run feels (bench/telemetry_overhead.py); the dashboard polls every 1.5 s.
@@ -39,6 +44,7 @@ from dora_core.worker.telemetry.client import (
     WrongInstance,
 )
 from dora_core.worker.telemetry.journal import Journal
+from dora_core.worker.telemetry.trackers import Trackers
 
 log = logging.getLogger("dora.telemetry")
 
@@ -56,7 +62,7 @@ class Reporter:
     ``DORA_INGEST_TOKEN``, or ``DORA_API_TOKEN``) and ``instance`` (the
     launcher's ``DORA_API_INSTANCE``) take precedence over the journal's. A
     resumed run with no token at all asks the API for a new one when the API
-    answers 401.
+    answers 401. ``trackers`` get every journaled batch (``trackers.py``).
     """
 
     def __init__(
@@ -72,8 +78,10 @@ class Reporter:
         flush_interval: float = 1.0,
         max_batch_records: int = 200,
         max_backoff: float = 5.0,
+        trackers: Trackers | None = None,
     ):
         self.api_url = api_url
+        self._trackers = trackers or Trackers.none()
         self.journal = Journal(run_dir, spool=api_url is not None)
         if run_id is not None and (self.journal.run_id, self.journal.instance) != (
             run_id,
@@ -105,7 +113,12 @@ class Reporter:
 
     # --- called from the training loop: cheap, never blocking ---
     def register(self, body: dict) -> None:
-        """Module list + totals (``POST /api/runs/{id}/register``), sent before any batch."""
+        """Module list + totals (``POST /api/runs/{id}/register``), sent before any batch;
+        kept in the run directory too (``register.json``)."""
+        try:
+            self.journal.keep_register(body)
+        except OSError as exc:
+            log.error("could not keep the module register in the run directory: %s", exc)
         self._queue.put(("register", body))
 
     def scores(
@@ -183,6 +196,7 @@ class Reporter:
                         self._failing_since = time.monotonic()
             done = not self.journal.pending or self._client is None or self._stopped
             if closing and (done or time.monotonic() >= self._deadline):
+                self._trackers.close()
                 return
             if closing and backoff:
                 time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
@@ -213,16 +227,20 @@ class Reporter:
                     records = []
                 if self._client is not None:
                     self.journal.spool({"path": "register", "body": payload})
+                self._trackers.register(payload)
             else:
                 records.append(payload)
         return records, closing
 
     def _commit(self, records: list[dict]) -> None:
         try:
-            self.journal.commit(records)
+            body = self.journal.commit(records)
         except (OSError, ValueError) as exc:  # disk full, a NaN that slipped through
             self.last_error = f"could not journal telemetry: {exc}"
             log.error(self.last_error)
+            return
+        if body is not None:
+            self._trackers.batch(body)
 
     def _send_pending(self) -> bool:
         """Post pending requests in order; False when the API is unreachable (or not ours)."""

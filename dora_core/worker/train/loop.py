@@ -35,14 +35,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dora_core.contracts.hosts import is_loopback_host
+from dora_core.contracts.hosts import dashboard_run_url
 from dora_core.contracts.job import JobConfig, JobConfigError
 from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
 from dora_core.reporting import report_event, report_state
@@ -50,6 +49,7 @@ from dora_core.worker.data import BatchPlan
 from dora_core.worker.gendata import GenDataError
 from dora_core.worker.models import load_tokenizer
 from dora_core.worker.telemetry import NullReporter, Reporter
+from dora_core.worker.telemetry.trackers import Trackers
 from dora_core.worker.train import checkpoint, ddp
 from dora_core.worker.train.generation import clip_sample, write_samples
 from dora_core.worker.train.methods import Method, build_method
@@ -409,12 +409,9 @@ class Worker:
         (port 8050) when the API is on this machine."""
         run_id = getattr(getattr(self.reporter, "journal", None), "run_id", None)
         api = getattr(self.reporter, "api_url", None)
-        dash = os.environ.get("DORA_DASH_URL")
         if run_id is None or api is None:
             return None
-        if dash is None and is_loopback_host(urlsplit(api).hostname or ""):
-            dash = "http://127.0.0.1:8050"
-        return f"{dash.rstrip('/')}/runs/{run_id}" if dash else None
+        return dashboard_run_url(api, run_id, os.environ.get("DORA_DASH_URL"))
 
     def _finish(self) -> Outcome:
         metrics = self.last_eval if self.last_eval is not None else self._evaluate()
@@ -453,9 +450,13 @@ class Worker:
         return Outcome("completed", self.plan.run_dir, result)
 
 
-def _make_reporter(job: JobConfig, run_dir: Path, telemetry: Telemetry) -> Reporter | NullReporter:
+def _make_reporter(
+    job: JobConfig, run_dir: Path, telemetry: Telemetry, trackers: bool = False
+) -> Reporter | NullReporter:
+    """Rank 0's reporter; ``trackers``: also to the job's ``report_to`` (a run that trains)."""
     if not ddp.is_main():
         return NullReporter()
+    config = job.model_dump(mode="json")
     return Reporter(
         run_dir,
         telemetry.api_url,
@@ -463,7 +464,8 @@ def _make_reporter(job: JobConfig, run_dir: Path, telemetry: Telemetry) -> Repor
         token=telemetry.token,
         instance=telemetry.instance,
         run_name=job.display_name,
-        config=job.model_dump(mode="json"),
+        config=config,
+        trackers=Trackers(job.report_to, run_dir, job.display_name, config) if trackers else None,
     )
 
 
@@ -529,7 +531,7 @@ def train(
         else:
             _setup_logging(None)
         ddp.barrier()
-        reporter = _make_reporter(job, run_dir, telemetry)
+        reporter = _make_reporter(job, run_dir, telemetry, trackers=True)
         return _run(plan, device, reporter, resume, progress, telemetry.orphan_timeout)
     except (JobConfigError, KeyboardInterrupt):
         raise
