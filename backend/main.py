@@ -12,6 +12,7 @@ from backend.address import LearnAddress, ServerAddress
 from backend.db import Database
 from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
+from backend.leases import Lease
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
 from backend.security import BodyLimit, InstanceCheck, RequestGuard
 from backend.services.jobs import JobQueue
@@ -32,20 +33,26 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         db.migrate()
         app.state.instance_id = db.instance_id()  # the workers of this database carry it
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        reconcile(db, launcher)  # runs left open by an earlier API process
+        # This process's hold on the workers it starts or adopts (other API processes may
+        # share the database).
+        lease = Lease(settings.worker_lease_s)
+        reconcile(db, launcher, lease)  # runs left open by an API process that is gone
         address.start()
-        jobs = JobQueue(db, settings, launcher, app.state.instance_id, address=address)
+        jobs = JobQueue(db, settings, launcher, app.state.instance_id, address=address, lease=lease)
         # Jobs still waiting when an earlier API process stopped; without DORA_API_URL they
         # start at the watcher's first pass after the server's socket is bound.
         jobs.start_queued()
         # A worker that ended frees a slot: each pass also starts what now fits.
-        watcher = Watcher(db, launcher, settings.watch_interval_s, after_pass=jobs.start_queued)
+        watcher = Watcher(
+            db, launcher, lease, settings.watch_interval_s, after_pass=jobs.start_queued
+        )
         watcher.start()
         app.state.db, app.state.jobs = db, jobs
         try:
             yield
         finally:
             watcher.stop()
+            lease.release(db)  # the next API to look adopts our live workers at once
             db.dispose()
 
     app = FastAPI(

@@ -106,6 +106,10 @@ class Run(Base):
     launched_at: Mapped[datetime | None]
     worker_handle: Mapped[str | None] = mapped_column(String(200))
     worker_exited_at: Mapped[datetime | None]
+    # The API process that watches the launched worker (backend.leases): only it records
+    # the worker's end while the lease holds. Set when it takes the run out of the queue.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
     # SHA-256 of the run's writer token: its worker's register and telemetry calls need the
     # token (or DORA_API_TOKEN). Issued when a launched worker starts, when a worker started
     # by hand creates its run, and again on request for a resumed worker.

@@ -188,13 +188,22 @@ class Settings(EnvSettings):
     max_jobs: Positive = 2
     # Launches that may wait for a slot; one beyond it is refused (429) and creates nothing.
     max_queued: Positive = 20
+    # How long another API process on the same database (on another machine) waits for
+    # this one to renew its hold on its workers before it takes them over (backend.leases).
+    worker_lease_s: PositiveSeconds = 30.0
     # How often the launcher's watcher looks for dead workers, and SSE polls.
     watch_interval_s: float = 1.0
     stream_interval_s: float = 0.5
     stream_keepalive_s: float = 15.0
 
     @field_validator(
-        "port", "max_body_bytes", "cancel_grace_s", "max_jobs", "max_queued", mode="before"
+        "port",
+        "max_body_bytes",
+        "cancel_grace_s",
+        "max_jobs",
+        "max_queued",
+        "worker_lease_s",
+        mode="before",
     )
     @classmethod
     def _numbers(cls, value: Any) -> Any:

@@ -1,11 +1,13 @@
 """Noticing workers that ended, including those left by an earlier API process.
 
-One pass looks at every run whose worker has not been seen to end and asks
-the launcher about it. At start-up, ``reconcile`` runs the same pass over
-runs left "running" by a previous API process: a worker still alive (same
-pid and start time) is adopted and watched; one that is gone is recorded as
-ended. Before an ended worker is recorded, whatever it left in its spool
-(it gave up waiting for an API that was away) is stored.
+One pass first takes over the runs whose owning API process has lapsed
+(``backend.leases``: ended on this machine, or its lease ran out): a worker
+still alive (same pid and start time) is adopted and watched from then on;
+a run its owner took out of the queue but never got to start a worker for
+fails. Then it asks the launcher about each worker this process owns that
+has not been seen to end. Before an ended worker is recorded, whatever it
+left in its spool (it gave up waiting for an API that was away) is stored.
+At start-up, ``reconcile`` is that same pass.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from backend.db import Database
 from backend.errors import NotFound
 from backend.launcher import Launcher
+from backend.leases import Lease
 from backend.models import Run, utcnow
 from backend.services.jobs import record_exit
 from backend.services.spool import replay_spool
@@ -29,12 +32,62 @@ from dora_core.contracts.wire import FINAL_STATUSES
 log = logging.getLogger(__name__)
 
 
-def check_workers(db: Database, launcher: Launcher) -> list[int]:
+def _launched_unended() -> tuple[ColumnElement[bool], ...]:
+    """Runs an API took out of the queue whose worker has not been seen to end."""
+    return (Run.launched_at.is_not(None), Run.worker_exited_at.is_(None))
+
+
+def take_over_lapsed(db: Database, lease: Lease) -> list[int]:
+    """Own the unended runs whose owner has lapsed; returns their ids.
+
+    A taken-over run with no worker handle was taken out of the queue by an
+    API that stopped before its worker started (or before it stored the
+    handle): whether that worker started is unknown, so starting another
+    could run the job twice; it fails instead. The rows are re-read under
+    their lock (``SKIP LOCKED``: another process taking them over right now
+    keeps them), so two processes never both take over one run.
+    """
+    now = utcnow()
+    with db.reader() as session:
+        candidates = [
+            run_id
+            for run_id, owner, expires in session.execute(
+                select(Run.id, Run.lease_owner, Run.lease_expires_at).where(*_launched_unended())
+            )
+            if lease.lapsed(owner, expires, now)
+        ]
+    if not candidates:
+        return []
+    taken = []
+    with db.writer() as session:
+        rows = session.scalars(
+            select(Run)
+            .where(Run.id.in_(candidates), *_launched_unended())
+            .with_for_update(skip_locked=True)
+        ).all()
+        for run in rows:
+            if not lease.lapsed(run.lease_owner, run.lease_expires_at, now):
+                continue  # renewed, or taken over by another process meanwhile
+            lease.grant(run, now)
+            taken.append(run.id)
+            if run.worker_handle is None:  # an orphan of a start that never finished
+                run.worker_exited_at = run.updated_at = now
+                if run.status not in FINAL_STATUSES:
+                    run.status, run.finished_at = "failed", now
+                    run.error = "the API stopped before it could start this job's worker"
+        session.commit()
+    return taken
+
+
+def check_workers(db: Database, launcher: Launcher, lease: Lease) -> list[int]:
     """One pass; returns the ids of runs whose worker was found ended."""
+    take_over_lapsed(db, lease)
     with db.reader() as session:
         watched = session.execute(
             select(Run.id, Run.worker_handle, Run.run_dir).where(
-                Run.worker_handle.is_not(None), Run.worker_exited_at.is_(None)
+                Run.worker_handle.is_not(None),
+                Run.worker_exited_at.is_(None),
+                Run.lease_owner == lease.owner,
             )
         ).all()
     ended = []
@@ -49,35 +102,17 @@ def check_workers(db: Database, launcher: Launcher) -> list[int]:
                     replay_spool(db, run_id, Path(run_dir))
                 record_exit(db, run_id, result)
             ended.append(run_id)
+    lease.renew_if_due(db)
     return ended
 
 
-def reconcile(db: Database, launcher: Launcher) -> None:
-    """At start-up, before serving: close what an earlier API process left open.
+def reconcile(db: Database, launcher: Launcher, lease: Lease) -> None:
+    """At start-up, before serving: close or adopt what an earlier API process left open.
 
-    Runs it took out of the queue but never got to start a worker for (it
-    stopped between marking it launched and storing the worker's handle)
-    fail: whether that worker started is unknown, so starting another could
-    run the job twice. Runs still waiting in the queue (not launched) are left
-    for the scheduler. The rest is one ``check_workers`` pass (live workers
-    adopted, ended ones recorded).
+    Runs still waiting in the queue (not launched) are left for the
+    scheduler; the rest is one ``check_workers`` pass.
     """
-    with db.writer() as session:
-        orphans = session.scalars(
-            select(Run).where(
-                Run.launched_at.is_not(None),
-                Run.worker_handle.is_(None),
-                Run.worker_exited_at.is_(None),
-            )
-        ).all()
-        now = utcnow()
-        for run in orphans:
-            run.worker_exited_at = run.updated_at = now
-            if run.status not in FINAL_STATUSES:
-                run.status, run.finished_at = "failed", now
-                run.error = "the API stopped before it could start this job's worker"
-        session.commit()
-    check_workers(db, launcher)
+    check_workers(db, launcher, lease)
 
 
 class Watcher:
@@ -91,10 +126,11 @@ class Watcher:
         self,
         db: Database,
         launcher: Launcher,
+        lease: Lease,
         interval_s: float,
         after_pass: Callable[[], object] | None = None,
     ):
-        self.db, self.launcher, self.interval_s = db, launcher, interval_s
+        self.db, self.launcher, self.lease, self.interval_s = db, launcher, lease, interval_s
         self.after_pass = after_pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-watcher", daemon=True)
@@ -109,7 +145,7 @@ class Watcher:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                check_workers(self.db, self.launcher)
+                check_workers(self.db, self.launcher, self.lease)
                 if self.after_pass is not None:
                     self.after_pass()
             except Exception:  # keep watching; the next pass retries

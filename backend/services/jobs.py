@@ -2,9 +2,10 @@
 
 The API decides where a job writes (``<data>/runs/<id>``); the request only
 says what to train. Launches wait in a FIFO queue (``JobQueue``) until one of
-the ``DORA_MAX_JOBS`` worker slots is free. When a worker ends without
-reporting a final status, ``record_exit`` marks the run from its exit status
-and the log's last lines.
+the ``DORA_MAX_JOBS`` worker slots is free. The queue lives in the database,
+so several API processes on one database share it. When a worker ends
+without reporting a final status, ``record_exit`` marks the run from its
+exit status and the log's last lines.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from collections import deque
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from backend.address import ServerAddress
 from backend.db import Database
 from backend.errors import Busy, Conflict, Invalid, NotFound
 from backend.jobpaths import confine
 from backend.launcher import Launcher, LaunchSpec, WorkerExit
-from backend.models import Event, Run, utcnow
+from backend.leases import Lease
+from backend.models import Event, Instance, Run, utcnow
 from backend.services.runs import (
     get_run,
     is_waiting,
@@ -67,20 +70,33 @@ def checked_config(data: object, settings: Settings) -> JobConfig:
     return config.model_copy(update=update)
 
 
+def lock_queue(session: Session) -> None:
+    """Serialise queueing and claiming across every API process on the database, for the
+    rest of this write transaction: the instance row's lock on PostgreSQL (one row, made
+    by migration 0005); SQLite's write lock, which every write session takes, already does.
+    """
+    session.execute(select(Instance.id).with_for_update())
+
+
 class JobQueue:
-    """The job queue of one API process: queue, start, cancel and delete launched jobs.
+    """The job queue: queue, start, cancel and delete launched jobs, from any API process.
 
     ``POST /api/jobs`` only queues a run; ``start_queued`` is the one place
     workers are started, oldest first, while fewer than ``DORA_MAX_JOBS``
-    launched workers are live. It runs after each launch, after each watcher
-    pass (a worker that ended frees a slot) and at start-up.
+    launched workers are live in the whole database. It runs after each
+    launch, after each watcher pass (a worker that ended frees a slot) and at
+    start-up.
 
-    ``lock`` serialises everything that moves a run into or out of the queue
-    (queueing, starting, cancelling or deleting a run that has no worker), so
-    the count of live workers and waiting runs cannot change between reading
-    it and acting on it, on any database, and a run that was just cancelled
-    or deleted is never started. It is held while a worker process starts
-    (milliseconds), never while one is waited for.
+    The database keeps the rules, so they hold for several API processes:
+
+    - Counting waiting or live runs and acting on the count happen under the
+      queue's lock (``lock_queue``), so the cap and the queue limit are exact.
+    - Claiming a run is a conditional change of its row under its lock
+      (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL): a run leaves the
+      queue once, to one process.
+    - The worker is started inside a transaction that holds the run's row
+      and finds it still queued; a cancel or delete either comes first (the
+      worker is never started) or waits for the handle (the worker is stopped).
     """
 
     def __init__(
@@ -90,12 +106,17 @@ class JobQueue:
         launcher: Launcher,
         instance_id: str,
         address: ServerAddress | None = None,
+        lease: Lease | None = None,
     ):
         self.db, self.settings, self.launcher = db, settings, launcher
         # Where workers report (DORA_API_URL): the server's real address (backend.address).
         self.address = address or ServerAddress.configured(settings)
         self.instance_id = instance_id  # handed to each worker (DORA_API_INSTANCE)
-        self.lock = threading.Lock()
+        # This process owns the workers it starts (backend.leases); one of its own by default.
+        self.lease = lease or Lease(settings.worker_lease_s)
+        # One scheduler pass at a time in this process, so that it starts the runs it claims
+        # in the order it claimed them. Correctness across processes is the database's.
+        self._scheduling = threading.Lock()
 
     def submit(self, data: object) -> Run:
         """Validate a job, create its queued run with its run dir and ``job.json``.
@@ -104,7 +125,8 @@ class JobQueue:
         already waiting. Returns at once; the caller runs ``start_queued``.
         """
         config = checked_config(data, self.settings)
-        with self.lock, self.db.writer() as session:
+        with self.db.writer() as session:
+            lock_queue(session)
             waiting = session.scalar(select(func.count()).select_from(Run).where(waiting_clause()))
             if waiting >= self.settings.max_queued:
                 raise Busy(
@@ -149,7 +171,7 @@ class JobQueue:
         if api_url is None:
             return []
         started = []
-        with self.lock:
+        with self._scheduling:
             while (claimed := self._claim_next()) is not None:
                 run, token = claimed
                 self._start(run, token, api_url)
@@ -159,13 +181,15 @@ class JobQueue:
     def _claim_next(self) -> tuple[Run, str] | None:
         """Take the oldest waiting run out of the queue if a slot is free.
 
-        ``launched_at`` and the writer token's hash are stored before its
-        worker starts, so from here on it counts as live, and an API that dies
-        before storing the worker's handle leaves it recognisable to
-        ``reconcile`` (launched, no handle: failed) rather than queued again.
+        ``launched_at``, the writer token's hash and this process's lease are
+        stored before its worker starts, so from here on it counts as live,
+        and an API that dies before storing the worker's handle leaves it
+        recognisable to the watcher (launched, no handle, owner gone: failed)
+        rather than queued again.
         """
         with self.db.writer() as session:
-            # Launched by an API and not seen to end.
+            lock_queue(session)
+            # Launched by an API (any process) and not seen to end.
             live = session.scalar(
                 select(func.count())
                 .select_from(Run)
@@ -173,18 +197,30 @@ class JobQueue:
             )
             if live >= self.settings.max_jobs:
                 return None
+            # A run being cancelled or deleted right now is skipped, not waited for.
             run = session.scalars(
-                select(Run).where(waiting_clause()).order_by(Run.id).limit(1).with_for_update()
+                select(Run)
+                .where(waiting_clause())
+                .order_by(Run.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if run is None:
                 return None
             token = new_token(run)
             run.launched_at = run.updated_at
+            self.lease.grant(run, run.updated_at)
             session.commit()
         return run, token
 
     def _start(self, run: Run, token: str, api_url: str) -> None:
-        """Start the claimed run's worker; a start that fails (OSError) fails the run."""
+        """Start the claimed run's worker, holding its row; a start that fails (OSError)
+        fails the run.
+
+        A run cancelled since it was claimed is not started (its slot is freed);
+        a deleted one is gone. The row lock makes a cancel or delete that comes
+        during the start wait for the handle, and then stop the worker.
+        """
         run_dir = Path(run.run_dir) if run.run_dir else self.settings.runs_dir / str(run.id)
         spec = LaunchSpec(
             run_id=run.id,
@@ -200,26 +236,41 @@ class JobQueue:
                 **self.settings.worker_thread_env(os.environ),
             },
         )
-        try:
-            handle = self.launcher.start(spec)
-        except OSError as exc:  # no such interpreter, job.json gone, ...: the run ends here
-            with self.db.writer() as session:
-                failed = lock_run(session, run.id)
-                failed.status, failed.error = "failed", f"could not start the worker: {exc}"
-                failed.finished_at = failed.worker_exited_at = failed.updated_at = utcnow()
-                session.commit()
-            return
         with self.db.writer() as session:
-            lock_run(session, run.id).worker_handle = handle
+            try:
+                claimed = lock_run(session, run.id)
+            except NotFound:  # deleted since it was claimed
+                return
+            if claimed.status != "queued":  # cancelled since it was claimed: never started
+                claimed.worker_exited_at = claimed.updated_at = utcnow()
+                session.commit()
+                return
+            try:
+                handle = self.launcher.start(spec)
+            except OSError as exc:  # no such interpreter, job.json gone, ...: the run ends here
+                claimed.status, claimed.error = "failed", f"could not start the worker: {exc}"
+                claimed.finished_at = claimed.worker_exited_at = claimed.updated_at = utcnow()
+                session.commit()
+                return
+            claimed.worker_handle = handle
             session.commit()
 
     def cancel(self, run_id: int) -> Run:
-        """Cancel a run: a waiting one never starts; a live worker gets SIGTERM, then SIGKILL."""
-        with self.lock, self.db.writer() as session:
+        """Cancel a run: a waiting one never starts; a live worker gets SIGTERM, then SIGKILL.
+
+        A run claimed by a scheduler whose worker has not started yet is
+        cancelled like a waiting one: ``_start`` finds it cancelled and never
+        starts it.
+        """
+        with self.db.writer() as session:
             run = lock_run(session, run_id)
             if run.status in FINAL_STATUSES:
                 raise Conflict(f"run {run_id} is already {run.status}; nothing to cancel")
-            waiting = is_waiting(run)
+            waiting = is_waiting(run) or (
+                run.launched_at is not None
+                and run.worker_handle is None
+                and run.worker_exited_at is None
+            )
             if not waiting and run.worker_handle is None:
                 raise Conflict(
                     f"run {run_id} was not launched by this API; stop its worker where it runs"
@@ -253,11 +304,12 @@ class JobQueue:
     def delete(self, run_id: int) -> None:
         """Remove a run's rows and run dir, killing its live worker first.
 
-        A run without a worker (waiting, or reported by hand) goes under the
-        lock, so the scheduler cannot start it meanwhile; a worker is waited
-        for outside it (up to 10 s) so that launches are not held up.
+        A run without a worker (waiting, claimed but not started, or reported
+        by hand) goes while its row is locked, so no scheduler starts it
+        meanwhile (``_start`` finds it gone); a worker is waited for outside
+        the transaction (up to 10 s) so that launches are not held up.
         """
-        with self.lock, self.db.writer() as session:
+        with self.db.writer() as session:
             run = lock_run(session, run_id)
             if run.worker_handle is None or run.worker_exited_at is not None:
                 remove_run_data(session, self.settings, run)
@@ -298,10 +350,13 @@ def record_exit(db: Database, run_id: int, ended: WorkerExit) -> None:
 
     Exit status 0, or an unknown status with the worker's ``result.json``
     written, counts as completed even if the final event never arrived; 143
-    or 130 (stopped by a signal after a checkpoint) as cancelled.
+    or 130 (stopped by a signal after a checkpoint) as cancelled. Recorded
+    once: under the run's lock, a worker already seen to end is left as it is.
     """
     with db.writer() as session:
         run = lock_run(session, run_id)
+        if run.worker_exited_at is not None:  # recorded already (another API process)
+            return
         now = utcnow()
         run.worker_exited_at, run.exit_code, run.updated_at = now, ended.code, now
         if run.status not in FINAL_STATUSES:
