@@ -21,7 +21,7 @@ import flask
 from dash import Dash, Input, Output, dcc, html
 from pydantic import ValidationError
 
-from dashboard import auth, downloads
+from dashboard import auth, downloads, livestream
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dashboard.pages import compare, run, runs
@@ -37,6 +37,7 @@ def route(
     pathname: str | None,
     search: str | None,
     poll_ms: int = DEFAULT_POLL_MS,
+    live: str = "stream",
 ) -> tuple[Any, str]:
     """(page content, document title) for a URL."""
     path = pathname or "/"
@@ -47,7 +48,8 @@ def route(
         return runs.layout(client, new_job=new_job, clone=clone), "Runs · DoRA"
     match = _RUN_PATH.match(path)
     if match:
-        return run.layout(client, int(match.group(1)), poll_ms), f"Run {match.group(1)} · DoRA"
+        page = run.layout(client, int(match.group(1)), poll_ms, live)
+        return page, f"Run {match.group(1)} · DoRA"
     if path.rstrip("/") == "/compare":
         return compare.layout(client, search), "Compare · DoRA"
     return (
@@ -170,7 +172,7 @@ def create_app(
         Input("url", "search"),
     )
     def _route(pathname, search):
-        return route(client, pathname, search, settings.dash_poll_ms)
+        return route(client, pathname, search, settings.dash_poll_ms, settings.dash_live)
 
     @app.callback(Output("api-status", "children"), Input("api-health-tick", "n_intervals"))
     def _health(_n):
@@ -183,6 +185,8 @@ def create_app(
     )
 
     downloads.register(app.server, client)
+    if settings.dash_live == "stream":
+        livestream.register(app.server, client, settings.dash_max_streams)
     runs.register(app, client)
     run.register(app, client)
     compare.register(app, client)

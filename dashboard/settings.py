@@ -10,7 +10,7 @@ lists them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +22,8 @@ ENV_PREFIX = "DORA_"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 # how often a live run is polled; lower it (ms) to see fast jobs in more frames
 DEFAULT_POLL_MS = 1500
+# two per process: gunicorn's four threads per worker (the Docker image) keep two for pages
+DEFAULT_MAX_STREAMS = 2
 # never echoed in an error line: secrets, and where a password may be put by mistake
 _UNSHOWN = frozenset({"api_token", "dash_secret", "dash_users"})
 
@@ -41,6 +43,10 @@ class DashboardSettings(BaseSettings):
     # Host names served besides loopback ones (comma-separated; against DNS rebinding)
     dash_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
     dash_poll_ms: int = Field(default=DEFAULT_POLL_MS, gt=0)
+    # live run pages: follow the API's event stream (relayed; dashboard.livestream), or poll
+    dash_live: Literal["stream", "poll"] = "stream"
+    # relayed streams per process (each holds a server thread while its page is open)
+    dash_max_streams: int = Field(default=DEFAULT_MAX_STREAMS, ge=0, le=1000)
 
     # The login (dashboard.auth), required beyond loopback or when dash_auth is set.
     dash_auth: bool = False

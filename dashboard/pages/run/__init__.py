@@ -4,10 +4,11 @@ component importance, loss and metric curves, events, cancel and adapter downloa
 One module per card, each with its layout fragment and its own callbacks:
 ``shell`` (title, actions, status line, failure box, the poll), ``ranks``
 (rank heatmap, step slider, replay), ``budget``, ``importance``, ``curves``
-(loss, metrics, optimiser), ``events`` and ``config`` (the job config, Clone job). One poll (``GET /api/runs/<id>``)
-per tick drives everything: when the run changed, each card fetches only
-what is new (``since_step``) and appends it to its figure with a Patch. The
-poll stops once the run has ended and its last step has been drawn.
+(loss, metrics, optimiser), ``events`` and ``config`` (the job config, Clone job). One refresh (``GET /api/runs/<id>``),
+per notice from the run's event stream or per poll tick without one, drives
+everything: when the run changed, each card fetches only what is new
+(``since_step``) and appends it to its figure with a Patch. The refresh
+stops once the run has ended and its last step has been drawn.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ __all__ = [
 ]
 
 
-def layout(client: ApiClient, run_id: int, poll_ms: int = DEFAULT_POLL_MS) -> html.Div:
+def layout(
+    client: ApiClient, run_id: int, poll_ms: int = DEFAULT_POLL_MS, live: str = "stream"
+) -> html.Div:
     try:
         run = client.run(run_id)
     except ApiError as err:
@@ -57,6 +60,7 @@ def layout(client: ApiClient, run_id: int, poll_ms: int = DEFAULT_POLL_MS) -> ht
             *curves.stores(),
             *importance.stores(),
             shell.poll_timer(run, poll_ms),
+            *shell.live_follow(run, poll_ms, live),
         ]
     )
 

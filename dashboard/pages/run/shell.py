@@ -1,22 +1,27 @@
 """The run page's frame: title and actions (compare, download, cancel), the
-status line, banners, the failure box, and the poll that drives every card.
+status line, banners, the failure box, and the refresh that drives every card.
 
-One poll (``GET /api/runs/<id>``) per tick writes the run into ``run-state``;
-the cards listen to that store. The poll stops once the run has ended and its
-last step has been seen.
+One refresh (``GET /api/runs/<id>``) writes the run into ``run-state``; the
+cards listen to that store. A live run's page follows the API's event stream
+(``dashboard.livestream``, ``assets/live.js``): a refresh per notice of a new
+step or status, none while nothing happens. Without the stream (refused,
+broken, ``DORA_DASH_LIVE=poll``) a timer refreshes every poll interval. Either
+stops once the run has ended and its last step has been seen.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError, Method
 from dashboard.downloads import adapter_href
+from dashboard.livestream import stream_href
 from dashboard.pages.run.common import method_of, prunes
 from dashboard.settings import DEFAULT_POLL_MS
+from dora_core.contracts.wire import FINAL_STATUSES
 
 LOG_TAIL = 15
 
@@ -159,20 +164,50 @@ def state_store(run: dict) -> dcc.Store:
 
 
 def poll_timer(run: dict, poll_ms: int = DEFAULT_POLL_MS) -> dcc.Interval:
+    """Refreshes a live run's page when it does not follow the stream (assets/live.js turns
+    it off while the stream is open)."""
     return dcc.Interval(id="run-tick", interval=poll_ms, disabled=not ui.is_live(run))
+
+
+def live_follow(run: dict, poll_ms: int = DEFAULT_POLL_MS, live: str = "stream") -> list[Any]:
+    """What the page's script needs to follow a live run's stream (nothing to follow for an
+    ended run or with ``DORA_DASH_LIVE=poll``), the store a notice sets, and a marker that
+    says which it does ("stream" or "poll") and for which run."""
+    follow = live == "stream" and ui.is_live(run)
+    config = (
+        {
+            "run": run["id"],
+            "url": stream_href(run["id"]),
+            "step": run.get("step"),
+            "status": run.get("status"),
+            "gap": poll_ms,
+            "final": sorted(FINAL_STATUSES),
+        }
+        if follow
+        else None
+    )
+    return [
+        dcc.Store(id="run-live", data=config),
+        dcc.Store(id="run-notice"),
+        html.Span(id="run-live-follow", hidden=True, **{"data-run": str(run["id"])}),
+    ]
 
 
 # --- callbacks as plain functions (client first; registered below) ------------
 
 
-def poll(client: ApiClient, state: dict) -> tuple[Any, bool, Any]:
+def poll(client: ApiClient, state: dict, *, notice: bool = False) -> tuple[Any, Any, Any]:
     """(new run or no_update, tick disabled, banner). Stops once the run has
-    ended and no step arrived since the last poll (late telemetry still lands)."""
+    ended and no step arrived since the last poll (late telemetry still lands).
+    After a stream ``notice`` the timer is left as the page's script set it,
+    unless the run is over or the API failed (then the timer takes over)."""
     try:
         run = client.run(state["id"])
     except ApiError as err:
         return no_update, False, ui.api_error_state(err)
     disabled = not ui.is_live(run) and run.get("step") == state.get("step")
+    if notice and not disabled:
+        disabled = no_update
     return (no_update if run == state else run), disabled, None
 
 
@@ -209,11 +244,18 @@ def register(app: Dash, client: ApiClient) -> None:
         Output("run-tick", "disabled"),
         Output("run-banner", "children"),
         Input("run-tick", "n_intervals"),
+        Input("run-notice", "data"),
         State("run-state", "data"),
         prevent_initial_call=True,
     )
-    def _poll(_n, state):
-        return poll(client, state)
+    def _poll(_n, _notice, state):
+        return poll(client, state, notice=ctx.triggered_id == "run-notice")
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="dora_live", function_name="follow"),
+        Output("run-live-follow", "children"),
+        Input("run-live", "data"),
+    )
 
     @app.callback(
         Output("run-status", "children"),
