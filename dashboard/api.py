@@ -253,6 +253,11 @@ class ApiClient:
             params=_params(kind=kind, since_step=since_step, limit=limit),
         )
 
+    def samples(self, run_id: int, step: int | None = None) -> dict:
+        """A generative run's generated dev samples: ``{"step", "steps", "samples"}`` of the
+        latest generating evaluation, or of ``step``."""
+        return self._request("GET", f"/runs/{run_id}/samples", params=_params(step=step))
+
     # --- jobs ---
     def submit_job(self, config: dict) -> dict:
         return self._request("POST", "/jobs", json=config, write=True)

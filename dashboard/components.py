@@ -12,9 +12,19 @@ from datetime import datetime
 from dash import dcc, html
 
 from dashboard.api import ApiError
-from dora_core.contracts.wire import FINAL_STATUSES
+from dora_core.contracts.wire import FINAL_STATUSES, GENERATIVE_TASKS
 
 METHOD_LABELS = {"dora": "DoRA", "lora": "LoRA", "adalora": "AdaLoRA", "full": "full fine-tuning"}
+TASK_LABELS = {"classification": "classification", "causal-lm": "causal LM", "seq2seq": "seq2seq"}
+# Dev metrics by their short key (what follows "eval/"), as a table header or label shows them.
+METRIC_LABELS = {
+    "macro_f1": "macro-F1",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+}
+# Metrics that are not a share in 0..1: shown with fewer decimals, lower is better.
+UNBOUNDED_METRICS = {"loss", "perplexity"}
 GRAPH_CONFIG = {"displaylogo": False}
 
 
@@ -109,8 +119,11 @@ def fmt_count(n: int | float | None) -> str:
     return f"{n:g}"
 
 
-def fmt_metric(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def fmt_metric(value: float | None, key: str = "") -> str:
+    """0.8512 for a share (accuracy, ROUGE); 12.35 for perplexity, which is not in 0..1."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if key == "perplexity" else f"{value:.4f}"
 
 
 def fmt_time(iso: str | None) -> str:
@@ -129,6 +142,36 @@ def best_metric(run: dict) -> tuple[str, float] | None:
     if not best or best.get("value") is None:
         return None
     return str(best.get("key", "")).removeprefix("eval/"), float(best["value"])
+
+
+def metric_label(key: str) -> str:
+    """'rougeL' -> 'ROUGE-L'; keys without a label are shown as they are."""
+    return METRIC_LABELS.get(key, key)
+
+
+def headline(run: dict) -> str:
+    """The run's headline metric as one label, from its best eval: 'accuracy 0.8512',
+    'ROUGE-L 0.3120', 'loss 2.4310 (lowest)'; a dash before the first evaluation."""
+    best = best_metric(run)
+    if best is None:
+        return "–"
+    key, value = best
+    lowest = " (lowest)" if key in UNBOUNDED_METRICS else ""
+    return f"{metric_label(key)} {fmt_metric(value, key)}{lowest}"
+
+
+def task_of(run: dict) -> str:
+    """The run's task as the API names it (runs from an older API: from the config)."""
+    return run.get("task") or (run.get("config") or {}).get("task") or "classification"
+
+
+def is_generative(run: dict) -> bool:
+    """A causal-LM or seq2seq run: it has dev samples and ROUGE instead of accuracy."""
+    return task_of(run) in GENERATIVE_TASKS
+
+
+def task_label(task: str | None) -> str:
+    return TASK_LABELS.get(task or "", task or "–")
 
 
 def method_label(method: str | None) -> str:

@@ -11,6 +11,7 @@ because plotly renders a few HTML tags inside titles and hover labels.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -76,6 +77,34 @@ def layer_label(layer: int) -> str:
     return f"layer {layer}"
 
 
+# "<...>.encoder.<block list>.<i>.<...>" / "decoder...": a block of one stack of an
+# encoder-decoder (T5 "encoder.block.3", BART "model.decoder.layers.0"); the API numbers the
+# decoder's blocks after the encoder's, the name keeps each stack's own index.
+_STACK_BLOCK = re.compile(r"(?:^|\.)(encoder|decoder)\.[A-Za-z_]\w*\.(\d+)(?:\.|$)")
+
+
+def layer_labels(matrix: dict) -> dict[int, str]:
+    """Row label per layer of a ``/rank-matrix`` answer: "encoder 3" / "decoder 0" when its
+    modules are an encoder-decoder's (both stacks among the names), else "layer N".
+
+    A BERT encoder's names hold "encoder.layer.3" too, so one stack alone is not enough.
+    """
+    stacks: dict[int, tuple[str, int]] = {}
+    for layer, names in zip(matrix.get("layers", []), matrix.get("modules", []), strict=False):
+        for name in names:
+            found = _STACK_BLOCK.search(name) if name else None
+            if found:
+                stacks[layer] = (found.group(1), int(found.group(2)))
+                break
+    both = {stack for stack, _ in stacks.values()} == {"encoder", "decoder"}
+    return {
+        layer: f"{stacks[layer][0]} {stacks[layer][1]}"
+        if both and layer in stacks
+        else layer_label(layer)
+        for layer in matrix.get("layers", [])
+    }
+
+
 def _has_cells(matrix: dict) -> bool:
     """Whether a rank matrix has any reported cell (before the first scores it has none)."""
     return any(v is not None for row in matrix.get("live") or [] for v in row)
@@ -88,13 +117,14 @@ def _rank_max(matrix: dict) -> int:
 
 def rank_hover(matrix: dict) -> list[list[str]]:
     """One hover line per cell: module name, live components out of r'."""
+    labels = layer_labels(matrix)
     rows = []
     for i, layer in enumerate(matrix["layers"]):
         row = []
         for j, mtype in enumerate(matrix["types"]):
             name = matrix["modules"][i][j]
             if name is None:
-                row.append(f"layer {layer} · {_text(mtype)}<br>not adapted")
+                row.append(f"{labels[layer]} · {_text(mtype)}<br>not adapted")
                 continue
             live, rank = matrix["live"][i][j], matrix["rank"][i][j]
             row.append(f"<b>{_text(name)}</b><br>live {live} of r'={rank} (pruned {rank - live})")
@@ -103,10 +133,11 @@ def rank_hover(matrix: dict) -> list[list[str]]:
 
 
 def _rank_trace(matrix: dict, **kwargs) -> go.Heatmap:
+    labels = layer_labels(matrix)
     return go.Heatmap(
         z=[list(row) for row in matrix["live"]],
         x=list(matrix["types"]),
-        y=[layer_label(layer) for layer in matrix["layers"]],
+        y=[labels[layer] for layer in matrix["layers"]],
         text=rank_hover(matrix),
         hovertemplate="%{text}<extra></extra>",
         texttemplate="%{z}",
@@ -424,9 +455,10 @@ def difference_heatmap(label_a: str, a: dict, label_b: str, b: dict) -> go.Figur
         return empty_figure("These runs share no adapted modules to compare.")
     values = [abs(v) for row in diff["delta"] for v in row if v is not None]
     bound = max(values, default=0) or 1
+    labels = layer_labels(a)
     hover = [
         [
-            f"layer {layer} · {_text(t)}<br>{diff['a'][i][j]} → {diff['b'][i][j]}"
+            f"{labels[layer]} · {_text(t)}<br>{diff['a'][i][j]} → {diff['b'][i][j]}"
             for j, t in enumerate(diff["types"])
         ]
         for i, layer in enumerate(diff["layers"])
@@ -435,7 +467,7 @@ def difference_heatmap(label_a: str, a: dict, label_b: str, b: dict) -> go.Figur
         go.Heatmap(
             z=diff["delta"],
             x=diff["types"],
-            y=[layer_label(layer) for layer in diff["layers"]],
+            y=[labels[layer] for layer in diff["layers"]],
             zmin=-bound,
             zmax=bound,
             zmid=0,

@@ -18,6 +18,9 @@ from dashboard.api import ApiClient, ApiError
 from dashboard.params import live_adapter_params
 
 FIGURE_LABEL_CHARS = 32
+# Metric columns in this order when the runs have them (classification's, then a generative
+# run's), any other eval key after them in the order the runs report them.
+METRIC_ORDER = ("accuracy", "macro_f1", "rouge1", "rouge2", "rougeL", "perplexity", "loss")
 
 
 def parse_run_ids(search: str | None) -> tuple[list[int], list[str]]:
@@ -58,20 +61,30 @@ def avg_live_rank(run: dict, matrix: dict | None) -> float | None:
     return sum(cells) / len(cells) if cells else None
 
 
+def metric_columns(runs: list[dict]) -> list[str]:
+    """The latest-eval metrics any of the runs has, in METRIC_ORDER, then the others."""
+    seen: list[str] = []
+    for run in runs:
+        seen.extend(k for k in (run.get("metrics") or {}) if k not in seen)
+    known = [k for k in METRIC_ORDER if k in seen]
+    return known + [k for k in seen if k not in METRIC_ORDER]
+
+
 def compare_rows(
     runs: list[dict], matrices: dict[int, dict | None], live: dict[int, int | None]
 ) -> tuple[list[str], list[list[str]]]:
     """Table header and rows: one row per run, metrics columns as the runs have them.
 
     ``live`` holds each run's live adapter parameters (what the pruned adapter
-    costs); next to the count at r' it shows what pruning saved.
+    costs); next to the count at r' it shows what pruning saved. "Best" is each
+    run's headline metric (accuracy, ROUGE-L, or the lowest loss) from its best eval;
+    the metric columns are the latest eval's (ROUGE and perplexity for a generative run).
     """
-    metric_keys: list[str] = []
-    for run in runs:
-        metric_keys.extend(k for k in (run.get("metrics") or {}) if k not in metric_keys)
+    metric_keys = metric_columns(runs)
     header = [
         "Run",
         "Method",
+        "Task",
         "Status",
         "Model",
         "Dataset",
@@ -83,7 +96,8 @@ def compare_rows(
         "Adapter params at r'",
         "Head params",
         "Total params",
-        *metric_keys,
+        "Best",
+        *(ui.metric_label(k) for k in metric_keys),
     ]
     rows = []
     for run in runs:
@@ -94,6 +108,7 @@ def compare_rows(
             [
                 run_label(run),
                 ui.method_label(run.get("method")),
+                ui.task_label(ui.task_of(run)),
                 run.get("status", "–"),
                 run.get("model") or "–",
                 run.get("dataset") or "–",
@@ -105,7 +120,8 @@ def compare_rows(
                 ui.fmt_count(params.get("adapter")),
                 ui.fmt_count(params.get("head")),
                 ui.fmt_count(params.get("total")),
-                *(ui.fmt_metric(metrics.get(k)) for k in metric_keys),
+                ui.headline(run),
+                *(ui.fmt_metric(metrics.get(k), k) for k in metric_keys),
             ]
         )
     return header, rows

@@ -4,6 +4,12 @@ Defaults, descriptions, types and choices come from ``GET /api/jobs/schema``
 (the worker's own JobConfig), so the form cannot drift from what the worker
 accepts. The form does no validation of its own beyond reading numbers: the
 API's 422 answer names the field, and its message is shown next to it.
+
+The task (classification, causal-lm, seq2seq) decides what the form offers: the
+model and dataset presets that serve it (``tasks`` in ``GET /api/presets``), and
+the fields that belong to it (``FIELD_TASKS``); a field of another task is
+hidden and left out of the job, so switching tasks back and forth sends only
+what the chosen task reads.
 """
 
 from __future__ import annotations
@@ -16,15 +22,35 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError
 from dora_core.contracts.job import ADAPTER_SETTINGS
+from dora_core.contracts.wire import GENERATIVE_TASKS, TASKS
 
 # Form-only fields: a local folder/file instead of a preset (sent as model/dataset).
 PATH_FIELDS = {"model_path": "model", "dataset_path": "dataset"}
+DEFAULT_TASK = "classification"
+GENERATIVE_FIELDS = [
+    "prompt_column",
+    "completion_column",
+    "chat_template",
+    "train_on_prompt",
+    "max_new_tokens",
+    "max_gen_samples",
+    "generate_every",
+]
+# Fields only some tasks read (every other field: all of them). text_column is also the
+# column of plain-text language modelling (a causal-lm file with neither prompts nor chat).
+FIELD_TASKS: dict[str, frozenset[str]] = {
+    "label_column": frozenset({"classification"}),
+    "head_lr": frozenset({"classification"}),
+    "text_column": frozenset({"classification", "causal-lm"}),
+    **{f: GENERATIVE_TASKS for f in GENERATIVE_FIELDS},
+}
 
 SECTIONS: list[tuple[str, list[str]]] = [
     (
         "basic",
         [
             "name",
+            "task",
             "model",
             "dataset",
             "method",
@@ -55,6 +81,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
             "label_column",
         ],
     ),
+    ("Generation", GENERATIVE_FIELDS),
     (
         "Training",
         [
@@ -77,6 +104,7 @@ ADVANCED = {f for name, fields in SECTIONS if name != "basic" for f in fields}
 
 LABELS = {
     "name": "Run name",
+    "task": "Task",
     "model": "Model",
     "dataset": "Dataset",
     "method": "Method",
@@ -114,6 +142,13 @@ LABELS = {
     "report_every": "Report scores every (steps)",
     "target_modules": "Target modules",
     "device": "Device",
+    "prompt_column": "Prompt column",
+    "completion_column": "Completion column",
+    "chat_template": "Chat template",
+    "train_on_prompt": "Train on prompt tokens",
+    "max_new_tokens": "Max new tokens",
+    "max_gen_samples": "Generated dev samples",
+    "generate_every": "Generate every (steps)",
 }
 PLACEHOLDERS = {
     "name": "auto: method-model-dataset",
@@ -123,13 +158,19 @@ PLACEHOLDERS = {
     "model_path": "instead of the preset, e.g. /models/my-bert",
     "dataset_path": "instead of the preset, e.g. /data/reviews.csv",
     "target_modules": "comma-separated suffixes, default: all projections",
+    "chat_template": "default: the tokenizer's own",
+    "generate_every": "default: at the end only",
 }
+NO_PRESET = "No {kind} preset serves {task}: give a local {what} under Advanced"
 PATH_HELP = {
     "model_path": "A transformers model folder inside the API's model roots (DORA_MODEL_ROOTS)",
     "dataset_path": "A .csv, .jsonl or .parquet file inside the API's dataset roots "
     "(DORA_DATASET_ROOTS), or hf:NAME[:CONFIG] from the API machine's datasets cache",
 }
 NULL_WORDS = {"none", "null", "off"}
+HIDDEN = {"display": "none"}
+# The fields whose visibility follows the task, in a fixed order (the callback's outputs).
+TASK_BOUND = list(FIELD_TASKS)
 _INT = re.compile(r"^[+-]?\d+$")
 
 
@@ -160,11 +201,20 @@ def _parse_number(text: str, kind: str) -> Any:
     return int(value) if kind == "integer" and value.is_integer() else value
 
 
+def shows_for(field: str, task: str | None) -> bool:
+    """Whether the form offers ``field`` for a job of ``task``."""
+    return field not in FIELD_TASKS or (task or DEFAULT_TASK) in FIELD_TASKS[field]
+
+
 def form_to_config(values: dict[str, Any], schema: dict) -> dict[str, Any]:
-    """Form values -> job config body. Blank fields are left out (the default applies)."""
+    """Form values -> job config body. Blank fields are left out (the default applies), and
+    so are the fields of other tasks than the chosen one (hidden in the form)."""
     props = schema.get("properties", {})
+    task = values.get("task")
     config: dict[str, Any] = {}
     for field, raw in values.items():
+        if not shows_for(field, task):
+            continue
         target = PATH_FIELDS.get(field, field)
         prop = props.get(target, {})
         kind = schema_kind(prop)
@@ -201,10 +251,16 @@ def errors_for_fields(err: ApiError) -> tuple[dict[str, str], str | None]:
     return shown, "; ".join(rest) or None
 
 
-def _preset_options(presets: list[dict], kind: str) -> list[dict]:
+def serves(preset: dict, task: str | None) -> bool:
+    """A preset serves the tasks it lists (an API from before tasks: classification)."""
+    return (task or DEFAULT_TASK) in (preset.get("tasks") or [DEFAULT_TASK])
+
+
+def _preset_options(presets: list[dict], kind: str, task: str | None = None) -> list[dict]:
+    """The installed-or-not presets of ``kind`` that serve ``task``."""
     options = []
     for p in presets:
-        if p.get("kind") != kind:
+        if p.get("kind") != kind or not serves(p, task):
             continue
         label = f"{p['name']} — {p.get('description', '')}"
         if not p.get("available"):
@@ -217,29 +273,42 @@ def _default_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _widget(field: str, prop: dict, presets: list[dict], prefill: dict[str, Any]) -> Any:
+def _first_installed(options: list[dict]) -> str | None:
+    return next((o["value"] for o in options if not o["disabled"]), None)
+
+
+def _no_preset(field: str, task: str | None) -> str:
+    what = "model folder" if field == "model" else "dataset file"
+    return NO_PRESET.format(kind=field, task=ui.task_label(task or DEFAULT_TASK), what=what)
+
+
+def _widget(
+    field: str, prop: dict, presets: list[dict], prefill: dict[str, Any], task: str | None
+) -> Any:
     fid = f"job-{field}"
     kind = schema_kind(prop)
     default = prefill[field] if field in prefill else prop.get("default")
-    if field == "method":
+    if field in ("method", "task"):
+        label = ui.method_label if field == "method" else ui.task_label
         return dcc.RadioItems(
             id=fid,
-            options=[{"label": ui.method_label(m), "value": m} for m in prop.get("enum", [])],
+            options=[{"label": label(m), "value": m} for m in prop.get("enum", [])],
             value=default,
             inline=True,
             className="radio",
         )
     if field in ("model", "dataset") or kind == "enum":
         presets_of = field in ("model", "dataset")
-        options = _preset_options(presets, field) if presets_of else prop.get("enum", [])
+        options = _preset_options(presets, field, task) if presets_of else prop.get("enum", [])
         if presets_of and default is None:
             # required, no default: the first installed preset, so one click still submits
-            default = next((o["value"] for o in options if not o["disabled"]), None)
+            default = _first_installed(options)
         return dcc.Dropdown(
             id=fid,
             options=options,
             value=default,
             clearable=False,
+            placeholder=_no_preset(field, task) if presets_of and not options else None,
             className="form-dropdown",
         )
     if kind == "boolean":
@@ -262,18 +331,21 @@ def _widget(field: str, prop: dict, presets: list[dict], prefill: dict[str, Any]
     )
 
 
-def _field(field: str, props: dict, presets: list[dict], prefill: dict[str, Any]) -> html.Div:
+def _field(
+    field: str, props: dict, presets: list[dict], prefill: dict[str, Any], task: str | None
+) -> html.Div:
     prop = props.get(PATH_FIELDS.get(field, field), {})
     help_text = PATH_HELP.get(field) or prop.get("description", "")
     return html.Div(
         [
             html.Label(LABELS.get(field, field), htmlFor=f"job-{field}", title=help_text),
-            _widget(field, prop if field not in PATH_FIELDS else {}, presets, prefill),
+            _widget(field, prop if field not in PATH_FIELDS else {}, presets, prefill, task),
             html.Div(help_text, className="help"),
             html.Div(id=f"job-error-{field}", className="field-error", role="alert"),
         ],
         className="field",
         id=f"job-field-{field}",
+        style={} if shows_for(field, task) else HIDDEN,
     )
 
 
@@ -304,16 +376,20 @@ def layout(client: ApiClient, clone: int | None = None) -> html.Div:
     except ApiError as err:
         return ui.card("New job", ui.api_error_state(err), class_name="form-card")
     props = schema.get("properties", {})
-    basic = [_field(f, props, presets, prefill) for f in SECTIONS[0][1]]
+    task = prefill.get("task") or props.get("task", {}).get("default") or DEFAULT_TASK
+    basic = [_field(f, props, presets, prefill, task) for f in SECTIONS[0][1]]
     advanced = [
         html.Div(
             [
                 html.H4(title),
                 html.Div(
-                    [_field(f, props, presets, prefill) for f in fields], className="grid-form"
+                    [_field(f, props, presets, prefill, task) for f in fields],
+                    className="grid-form",
                 ),
             ],
             className="form-section",
+            id=f"job-section-{title.lower().replace(' ', '-')}",
+            style={} if title != "Generation" or task in GENERATIVE_TASKS else HIDDEN,
         )
         for title, fields in SECTIONS[1:]
     ]
@@ -321,7 +397,7 @@ def layout(client: ApiClient, clone: int | None = None) -> html.Div:
         "New job",
         html.Div(basic, className="grid-form"),
         html.Details(
-            [html.Summary("Advanced: DoRA knobs, data, training"), *advanced],
+            [html.Summary("Advanced: DoRA knobs, data, generation, training"), *advanced],
             id="job-advanced",
             open=bool(prefill),
             className="advanced",
@@ -335,8 +411,30 @@ def layout(client: ApiClient, clone: int | None = None) -> html.Div:
             className="form-actions",
         ),
         dcc.Store(id="job-schema", data=schema),
+        dcc.Store(id="job-presets", data=presets),
         class_name="form-card",
     )
+
+
+def for_task(
+    task: str | None, presets: list[dict], model: str | None, dataset: str | None
+) -> tuple[Any, ...]:
+    """What changes with the task: the style of each TASK_BOUND field, the Generation
+    section's style, then options, value and placeholder of the model and of the dataset
+    dropdown. A chosen preset that serves the task stays chosen; otherwise the first
+    installed one that does (none: the dropdown says to give a local path)."""
+    task = task if task in TASKS else DEFAULT_TASK
+    out: list[Any] = [{} if shows_for(f, task) else HIDDEN for f in TASK_BOUND]
+    out.append({} if task in GENERATIVE_TASKS else HIDDEN)
+    for field, current in (("model", model), ("dataset", dataset)):
+        options = _preset_options(presets, field, task)
+        fits = any(o["value"] == current and not o["disabled"] for o in options)
+        out += [
+            options,
+            current if fits else _first_installed(options),
+            None if options else _no_preset(field, task),
+        ]
+    return tuple(out)
 
 
 def submit(
@@ -353,6 +451,22 @@ def submit(
 
 
 def register(app: Dash, client: ApiClient) -> None:
+    @app.callback(
+        *[Output(f"job-field-{f}", "style") for f in TASK_BOUND],
+        Output("job-section-generation", "style"),
+        *[
+            Output(f"job-{field}", prop)
+            for field in ("model", "dataset")
+            for prop in ("options", "value", "placeholder")
+        ],
+        Input("job-task", "value"),
+        State("job-presets", "data"),
+        State("job-model", "value"),
+        State("job-dataset", "value"),
+    )
+    def _task(task, presets, model, dataset):
+        return for_task(task, presets or [], model, dataset)
+
     @app.callback(
         Output("url", "pathname", allow_duplicate=True),
         Output("job-error-form", "children"),

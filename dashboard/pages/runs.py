@@ -24,6 +24,7 @@ COLUMNS: list[tuple[str | None, str]] = [
     ("id", "#"),
     ("name", "Name"),
     ("method", "Method"),
+    ("task", "Task"),
     ("model", "Model"),
     ("dataset", "Dataset"),
     ("status", "Status"),
@@ -47,6 +48,8 @@ def _sort_value(run: dict, key: str) -> Any:
         return best[1] if best else None
     if key == "params":
         return adapter_params(run)
+    if key == "task":
+        return ui.task_of(run)
     value = run.get(key)
     return value.lower() if isinstance(value, str) else value
 
@@ -58,7 +61,7 @@ def filter_sort_runs(
     methods: list[str] | None = None,
     sort: dict | None = None,
 ) -> list[dict]:
-    """The rows to show: text query over name/method/model/dataset, status and method
+    """The rows to show: text query over name/method/task/model/dataset, status and method
     filters (empty = all), then sorted; rows without a value sort last."""
     needle = (query or "").strip().lower()
     rows = [
@@ -72,6 +75,7 @@ def filter_sort_runs(
                 needle in str(r.get(k) or "").lower()
                 for k in ("name", "method", "model", "dataset")
             )
+            or needle in ui.task_of(r)
             or needle == str(r.get("id"))
         )
     ]
@@ -135,7 +139,6 @@ def _header_cell(key: str | None, title: str, sort: dict) -> html.Th:
 
 
 def _row(run: dict, selected: list[int]) -> html.Tr:
-    best = ui.best_metric(run)
     rid = run["id"]
     start = (run.get("params") or {}).get("adapter")
     return html.Tr(
@@ -153,6 +156,7 @@ def _row(run: dict, selected: list[int]) -> html.Tr:
                 dcc.Link(run.get("name") or f"run {rid}", href=f"/runs/{rid}"), className="name"
             ),
             html.Td(ui.method_label(run.get("method"))),
+            html.Td(ui.task_label(ui.task_of(run)), className="task"),
             html.Td(run.get("model") or "–"),
             html.Td(run.get("dataset") or "–"),
             html.Td(
@@ -160,7 +164,7 @@ def _row(run: dict, selected: list[int]) -> html.Tr:
                 title=run.get("error") or "",
             ),
             html.Td(ui.progress_bar(run.get("step"), run.get("total_steps"))),
-            html.Td(f"{best[0]} {best[1]:.4f}" if best else "–"),
+            html.Td(ui.headline(run), className="headline"),
             html.Td(
                 ui.fmt_count(adapter_params(run)),
                 className="num",
@@ -251,7 +255,7 @@ def layout(client: ApiClient, new_job: bool = False, clone: int | None = None) -
                     dcc.Input(
                         id="runs-query",
                         type="search",
-                        placeholder="Filter by name, method, model or dataset",
+                        placeholder="Filter by name, method, task, model or dataset",
                         debounce=0.3,
                         className="input",
                     ),

@@ -320,7 +320,7 @@ def test_compare_rows_metrics_and_average_live_rank() -> None:
     )
     matrix_b = {"live": [[4, 4], [4, None]]}
     header, rows = compare.compare_rows([a, b], {1: None, 2: matrix_b}, {1: 83_016, 2: None})
-    assert header[-2:] == ["accuracy", "macro_f1"]
+    assert header[-2:] == ["accuracy", "macro-F1"]
     row_a, row_b = rows
     assert row_a[0] == "#1 run-1" and row_a[1] == "DoRA"
     assert row_a[header.index("Avg live rank")] == "4.00"  # 144 live / 36 modules

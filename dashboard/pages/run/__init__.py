@@ -4,7 +4,8 @@ component importance, loss and metric curves, events, cancel and adapter downloa
 One module per card, each with its layout fragment and its own callbacks:
 ``shell`` (title, actions, status line, failure box, the poll), ``ranks``
 (rank heatmap, step slider, replay), ``budget``, ``importance``, ``curves``
-(loss, metrics, optimiser), ``events`` and ``config`` (the job config, Clone job). One refresh (``GET /api/runs/<id>``),
+(loss, metrics, optimiser), ``samples`` (generative runs: generated dev samples),
+``events`` and ``config`` (the job config, Clone job). One refresh (``GET /api/runs/<id>``),
 per notice from the run's event stream or per poll tick without one, drives
 everything: when the run changed, each card fetches only what is new
 (``since_step``) and appends it to its figure with a Patch. The refresh
@@ -16,7 +17,16 @@ from __future__ import annotations
 from dash import Dash, html
 
 from dashboard.api import ApiClient, ApiError
-from dashboard.pages.run import budget, config, curves, events, importance, ranks, shell
+from dashboard.pages.run import (
+    budget,
+    config,
+    curves,
+    events,
+    importance,
+    ranks,
+    samples,
+    shell,
+)
 from dashboard.pages.run.common import method_of
 from dashboard.settings import DEFAULT_POLL_MS
 
@@ -29,6 +39,7 @@ __all__ = [
     "layout",
     "ranks",
     "register",
+    "samples",
     "shell",
 ]
 
@@ -51,6 +62,7 @@ def layout(
             html.Div([ranks.card(run, method=method), budget.card()], className="grid-2"),
             importance.card(modules),
             curves.cards(),
+            samples.card(run),
             events.card(),
             config.card(run),
             shell.state_store(run),
@@ -59,6 +71,7 @@ def layout(
             *budget.stores(),
             *curves.stores(),
             *importance.stores(),
+            *samples.stores(),
             shell.poll_timer(run, poll_ms),
             *shell.live_follow(run, poll_ms, live),
         ]
@@ -66,5 +79,5 @@ def layout(
 
 
 def register(app: Dash, client: ApiClient) -> None:
-    for card in (shell, events, ranks, budget, curves, importance):
+    for card in (shell, events, ranks, budget, curves, importance, samples):
         card.register(app, client)

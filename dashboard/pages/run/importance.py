@@ -21,10 +21,13 @@ MAX_SCORE_POINTS = 400
 
 
 def module_options(modules: list[dict]) -> list[dict]:
-    """Importance selector: each layer as a whole, then each module by name."""
+    """Importance selector: each layer as a whole (named as the heatmap's rows are: "decoder 0"
+    in an encoder-decoder), then each module by name."""
     layers = sorted({m["layer"] for m in modules if m.get("layer") is not None})
+    names = [[m["name"] for m in modules if m.get("layer") == layer] for layer in layers]
+    labels = figures.layer_labels({"layers": layers, "modules": names})
     options = [
-        {"label": f"layer {layer}: all modules", "value": f"layer:{layer}"} for layer in layers
+        {"label": f"{labels[layer]}: all modules", "value": f"layer:{layer}"} for layer in layers
     ]
     options += [{"label": m["name"], "value": f"module:{m['name']}"} for m in modules]
     return options

@@ -27,13 +27,13 @@ LOG_TAIL = 15
 
 
 def summary_items(run: dict, *, method: Method | None) -> list[tuple[str, str]]:
-    """(label, value) pairs under the title: method, data, budget, params, best metric."""
+    """(label, value) pairs under the title: method, task (a generative one), data, budget,
+    params, best metric."""
     config = run.get("config") or {}
-    items = [
-        ("method", ui.method_label(run.get("method"))),
-        ("model", run.get("model") or "–"),
-        ("dataset", run.get("dataset") or "–"),
-    ]
+    items = [("method", ui.method_label(run.get("method")))]
+    if ui.is_generative(run):
+        items.append(("task", ui.task_label(ui.task_of(run))))
+    items += [("model", run.get("model") or "–"), ("dataset", run.get("dataset") or "–")]
     if prunes(method):
         items.append(
             (
@@ -51,7 +51,7 @@ def summary_items(run: dict, *, method: Method | None) -> list[tuple[str, str]]:
         items.append(("adapter params", ui.fmt_count(params["adapter"])))
     best = ui.best_metric(run)
     if best:
-        items.append((f"best {best[0]}", f"{best[1]:.4f}"))
+        items.append((f"best {ui.metric_label(best[0])}", ui.fmt_metric(best[1], best[0])))
     items.append(("created", ui.fmt_time(run.get("created_at"))))
     return items
 
