@@ -162,32 +162,33 @@ def build_figures(
             run.total_steps, run.config.get("warmup_frac", 0.15), run.config.get("final_frac", 0.5)
         )
         fig = figures.budget_figure(
-            budget_answer(run), len(run.modules) or None, run.total_steps, phase
+            budget_answer(run), len(run.modules) or None, run.total_steps, phase, title="Budget"
         )
         out.append(("Budget", fig))
     if layers and (info is None or info.adapter):
         chosen = layers[0] if layer is None else layer
-        fig = figures.importance_heatmap(scores_answer(run, chosen), title=f"Layer {chosen}")
+        title = f"Component importance, layer {chosen}"
+        fig = figures.importance_heatmap(scores_answer(run, chosen), title=title)
         out.append(("Component importance", fig))
     series = scalar_series(run)
     groups = figures.group_scalar_keys(list(series))
     for group, title, y_title, empty in SCALAR_PLOTS:
-        fig = figures.curves_figure(series, groups[group], None, y_title, empty, RIGHT_AXIS)
+        fig = figures.curves_figure(series, groups[group], title, y_title, empty, RIGHT_AXIS)
         out.append((title, fig))
     return out
 
 
 def write_html(path: Path, name: str, figs: list[tuple[str, go.Figure]]) -> None:
-    """One self-contained page: plotly.js inline once, then each figure under its title."""
+    """One self-contained page: plotly.js inline once, then each figure (titled by itself)."""
     parts = []
-    for i, (title, fig) in enumerate(figs):
+    for i, (_, fig) in enumerate(figs):
         div = fig.to_html(full_html=False, include_plotlyjs=i == 0, default_width="100%")
-        parts.append(f"<section><h2>{html.escape(title)}</h2>\n{div}\n</section>")
+        parts.append(f"<section>{div}</section>")
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(name)}</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px}"
-        "h2{font-size:16px;margin:24px 0 4px}</style></head><body>"
+        "h1{font-size:20px}</style></head><body>"
         f"<h1>{html.escape(name)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
     path.write_text(page, encoding="utf-8")
@@ -238,12 +239,12 @@ def plot(
     layer: int | None = None,
 ) -> Path:
     """Draw ``run_dir``'s figures to ``out`` (.html or .png; default RUN_DIR/plots.html)."""
+    run = load_run(run_dir)
     path = Path(out) if out else Path(run_dir) / "plots.html"
     if path.suffix.lower() not in (".html", ".png"):
         raise PlotError(f"-o {path}: give a .html or .png file")
     if not path.parent.is_dir():
         raise PlotError(f"-o {path}: folder {path.parent} does not exist")
-    run = load_run(run_dir)
     figs = build_figures(run, step, layer)
     if path.suffix.lower() == ".html":
         write_html(path, run.name, figs)
