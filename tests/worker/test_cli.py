@@ -18,7 +18,7 @@ from tests.worker.conftest import tiny_job
 def test_help_lists_the_subcommands(capsys) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "export", "merge", "predict", "presets"):
+    for command in ("train", "export", "merge", "predict", "presets", "sync", "plot"):
         assert command in out
 
 
@@ -30,6 +30,7 @@ def test_train_help_documents_every_job_field(capsys) -> None:
     for name in JobConfig.model_fields:
         assert f"  {name} " in out, name
     assert "--resume" in out and "--api" in out and "--report-every" in out
+    assert "--report-to" in out and "  report_to " in out
 
 
 def test_presets_json_says_what_is_installed(capsys) -> None:
