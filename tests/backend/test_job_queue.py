@@ -22,6 +22,7 @@ from backend.db import Database
 from backend.launcher import LaunchSpec, LocalProcessLauncher
 from backend.main import create_app
 from backend.models import Run
+from backend.services.jobs import JobQueue
 from backend.settings import Settings, SettingsError
 from tests.backend.conftest import env_of, row_counts
 from tests.backend.test_jobs import JOB, _final, _launch
@@ -343,6 +344,70 @@ def test_a_restarted_api_keeps_jobs_queued_behind_a_worker_it_adopts(
         assert _run(second, alive["id"])["status"] == "failed"
     assert recording.started == [queued["id"]]
     stand_in.wait(f"local:{pid}:0", timeout_s=5)  # reap the first API's child
+
+
+@pytest.fixture
+def queue(settings, recording, database_url):
+    """The job queue alone, as one of several API processes holds it (no app, no watcher)."""
+    db = Database(database_url)
+    db.migrate()
+    yield JobQueue(db, settings, recording, db.instance_id())
+    db.dispose()
+
+
+def test_a_job_cancelled_or_deleted_between_its_claim_and_its_start_never_starts(
+    queue, recording
+) -> None:
+    """Another API process may cancel or delete a run right after this one took it out of
+    the queue, before its worker starts: the start finds that, starts nothing and frees
+    the slot."""
+    cancelled, deleted, last = (queue.submit({**JOB, "name": "ok"}).id for _ in range(3))
+    url = "http://127.0.0.1:9"
+    for run_id, act in ((cancelled, queue.cancel), (deleted, queue.delete)):
+        run, token = queue._claim_next()
+        assert run.id == run_id
+        act(run_id)  # as the other process would, in that moment
+        queue._start(run, token, url)
+    assert recording.started == []
+    with queue.db.reader() as session:
+        row = session.get(Run, cancelled)
+        assert (row.status, row.worker_handle) == ("cancelled", None)
+        assert row.worker_exited_at is not None  # it holds no slot
+        assert session.get(Run, deleted) is None
+    assert queue.start_queued() == [last]  # both slots free: the next job starts
+    assert recording.started == [last]
+
+
+def test_a_cancel_during_a_start_waits_for_the_worker_and_stops_it(
+    queue, recording, monkeypatch
+) -> None:
+    starting, go_on = threading.Event(), threading.Event()
+    real_start = recording.start
+
+    def slow_start(spec: LaunchSpec) -> str:
+        handle = real_start(spec)
+        starting.set()
+        go_on.wait(timeout=10)  # the process runs; its handle is not stored yet
+        return handle
+
+    monkeypatch.setattr(recording, "start", slow_start)
+    run_id = queue.submit({**JOB, "name": "sleep"}).id
+    scheduler = threading.Thread(target=queue.start_queued)
+    scheduler.start()
+    assert starting.wait(timeout=10)
+    answered: list[Run] = []
+    canceller = threading.Thread(target=lambda: answered.append(queue.cancel(run_id)))
+    canceller.start()
+    time.sleep(0.5)
+    assert answered == []  # waits for the start to finish
+    go_on.set()
+    scheduler.join(timeout=10)
+    canceller.join(timeout=10)
+    [run] = answered
+    assert run.status == "cancelled" and run.worker_handle == recording.handles[0]
+    ended = recording.wait(recording.handles[0], timeout_s=10)
+    # stopped by SIGTERM: 143 once the stand-in has installed its handler, -15 before
+    assert ended is not None and ended.code in (143, -15)
 
 
 @pytest.mark.parametrize(
