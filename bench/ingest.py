@@ -106,11 +106,14 @@ def batch_body(seq: int, chunk: list[dict]) -> bytes:
 
 
 @contextmanager
-def api_server(data_dir: Path, port: int) -> Iterator[str]:
-    """A real uvicorn serving backend.main:app on loopback; stopped on exit."""
+def api_server(data_dir: Path, port: int, database_url: str = "") -> Iterator[str]:
+    """A real uvicorn serving backend.main:app on loopback; stopped on exit. Its database
+    is ``database_url``, or SQLite in ``data_dir`` when that is empty."""
     env = {**os.environ, "DORA_DATA_DIR": str(data_dir), "DORA_API_PORT": str(port)}
     for key in ("DATABASE_URL", "DORA_API_TOKEN", "DORA_API_URL"):
         env.pop(key, None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
     proc = subprocess.Popen(
         [
             sys.executable,

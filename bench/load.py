@@ -6,7 +6,7 @@ STEPS_PER_BATCH optimizer steps (scores and masks of every module, a budget
 point and five scalars per step, a pruning event every 10 steps, eval
 scalars and an eval event every 50), each batch numbered by ``seq`` and
 retried until acknowledged. They all post to one real API (uvicorn over a
-SQLite file in a temp folder, bound to 127.0.0.1) for SECONDS. Meanwhile a
+SQLite file in a temp folder, or PostgreSQL, bound to 127.0.0.1) for SECONDS. Meanwhile a
 reader polls what the dashboard polls, run after run: the rank matrix, the
 step list, one layer's score series, the budget curve and the loss/lr
 scalars.
@@ -14,7 +14,7 @@ scalars.
 Reported: ingest latency (p50/p95/p99/max per batch, client side), query
 latency per kind (p50/p95), how late batches got behind their schedule,
 and the load average. Then every run is checked row by row against what was
-sent, straight from the SQLite file: the packed scores (little-endian
+sent, straight from the database: the packed scores (little-endian
 float32 in module order) and mask bits of every step, budget points,
 scalars, events, and the batch numbers 0..n-1. Exit status 1 if any row
 is missing, extra or different.
@@ -24,6 +24,13 @@ bodies are built before the clock starts, so the load generator's own JSON
 encoding does not compete with the API.
 
     .venv/bin/python bench/load.py [--workers 8] [--seconds 60] [--steps-per-batch 5]
+        [--database sqlite|postgresql|both] [--database-url URL]
+
+``--database postgresql`` starts a throwaway PostgreSQL server for the run
+(``tests/pgserver.py``: Debian's binaries, PostgreSQL's default durability
+settings, removed afterwards); ``both`` runs SQLite and then PostgreSQL with
+the same batches. ``--database-url`` points the API at an existing database
+instead (its tables are created if missing).
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -43,9 +49,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(1, str(REPO))
 
 from ingest import SCALAR_KEYS, api_server, free_port, roberta_modules  # noqa: E402
 
@@ -190,79 +198,102 @@ def run_reader(
     return timings
 
 
-def verify(db_path: Path, workers: list[Worker], modules: list[dict]) -> list[str]:
-    """Every sent row stored exactly once, read straight from the SQLite file."""
+def verify(database_url: str, workers: list[Worker], modules: list[dict]) -> list[str]:
+    """Every sent row stored exactly once, read straight from the database."""
     problems: list[str] = []
     width = len(modules) * modules[0]["rank"]
-    conn = sqlite3.connect(db_path)
+    engine = create_engine(database_url)
+
+    def rows(conn: object, sql: str, run_id: int) -> list[tuple]:
+        return [tuple(row) for row in conn.execute(text(sql), {"r": run_id})]
+
     try:
-        for w in workers:
-            r, sent, who = w.run_id, w.sent, f"worker {w.index} (run {w.run_id})"
-            rows = conn.execute(
-                "SELECT step, scores, masks FROM score_steps WHERE run_id = ? ORDER BY step", (r,)
-            ).fetchall()
-            if [row[0] for row in rows] != sorted(sent.scores):
-                problems.append(
-                    f"{who}: stored score steps differ from the {len(sent.scores)} sent"
+        with engine.connect() as conn:
+            for w in workers:
+                r, sent, who = w.run_id, w.sent, f"worker {w.index} (run {w.run_id})"
+                stored = rows(
+                    conn,
+                    "SELECT step, scores, masks FROM score_steps WHERE run_id = :r ORDER BY step",
+                    r,
                 )
-            for step, scores, masks in rows:
-                if step not in sent.scores:
-                    continue
-                if not np.array_equal(np.frombuffer(scores, "<f4"), sent.scores[step]):
-                    problems.append(f"{who}: scores at step {step} differ")
-                bits = np.unpackbits(np.frombuffer(masks, np.uint8))[:width]
-                if not np.array_equal(bits, sent.masks[step]):
-                    problems.append(f"{who}: masks at step {step} differ")
-            budget = conn.execute(
-                "SELECT step, target, live, b FROM budget WHERE run_id = ? ORDER BY step", (r,)
-            ).fetchall()
-            if budget != sent.budget:
-                problems.append(f"{who}: budget rows differ ({len(budget)} vs {len(sent.budget)})")
-            scalars = conn.execute(
-                "SELECT key, step, value FROM scalars WHERE run_id = ? ORDER BY key, step", (r,)
-            ).fetchall()
-            if scalars != sorted(sent.scalars):
-                problems.append(
-                    f"{who}: scalar rows differ ({len(scalars)} vs {len(sent.scalars)})"
+                if [row[0] for row in stored] != sorted(sent.scores):
+                    problems.append(
+                        f"{who}: stored score steps differ from the {len(sent.scores)} sent"
+                    )
+                for step, scores, masks in stored:
+                    if step not in sent.scores:
+                        continue
+                    if not np.array_equal(np.frombuffer(bytes(scores), "<f4"), sent.scores[step]):
+                        problems.append(f"{who}: scores at step {step} differ")
+                    bits = np.unpackbits(np.frombuffer(bytes(masks), np.uint8))[:width]
+                    if not np.array_equal(bits, sent.masks[step]):
+                        problems.append(f"{who}: masks at step {step} differ")
+                budget = rows(
+                    conn,
+                    "SELECT step, target, live, b FROM budget WHERE run_id = :r ORDER BY step",
+                    r,
                 )
-            events = conn.execute(
-                "SELECT step, kind, message FROM events WHERE run_id = ? ORDER BY id", (r,)
-            ).fetchall()
-            if events != sent.events:
-                problems.append(f"{who}: events differ ({len(events)} vs {len(sent.events)})")
-            seqs = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT seq FROM ingest_batches WHERE run_id = ? ORDER BY seq", (r,)
+                if budget != sent.budget:
+                    problems.append(
+                        f"{who}: budget rows differ ({len(budget)} vs {len(sent.budget)})"
+                    )
+                # sorted here: a server's collation may order the keys differently
+                scalars = sorted(
+                    rows(conn, "SELECT key, step, value FROM scalars WHERE run_id = :r", r)
                 )
-            ]
-            if seqs != list(range(len(w.bodies))):
-                problems.append(f"{who}: batch numbers stored {len(seqs)}, sent {len(w.bodies)}")
+                if scalars != sorted(sent.scalars):
+                    problems.append(
+                        f"{who}: scalar rows differ ({len(scalars)} vs {len(sent.scalars)})"
+                    )
+                events = rows(
+                    conn, "SELECT step, kind, message FROM events WHERE run_id = :r ORDER BY id", r
+                )
+                if events != sent.events:
+                    problems.append(f"{who}: events differ ({len(events)} vs {len(sent.events)})")
+                seqs = [
+                    row[0]
+                    for row in rows(
+                        conn, "SELECT seq FROM ingest_batches WHERE run_id = :r ORDER BY seq", r
+                    )
+                ]
+                if seqs != list(range(len(w.bodies))):
+                    problems.append(
+                        f"{who}: batch numbers stored {len(seqs)}, sent {len(w.bodies)}"
+                    )
     finally:
-        conn.close()
+        engine.dispose()
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=60)
-    parser.add_argument("--steps-per-batch", type=int, default=5)
-    parser.add_argument("--poll-interval", type=float, default=0.25, help="reader pause, s")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    if not (1 <= args.workers <= 32 and 1 <= args.seconds <= 600 and args.steps_per_batch >= 1):
-        parser.error("--workers 1..32, --seconds 1..600, --steps-per-batch >= 1")
+def database_mb(database_url: str, folder: Path) -> float:
+    """The database's size on disk: the SQLite files, or PostgreSQL's own count."""
+    if database_url.startswith("sqlite"):
+        return sum(p.stat().st_size for p in folder.glob("dora.db*")) / 1e6
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+    finally:
+        engine.dispose()
+    return size / 1e6
 
+
+def run_once(args: argparse.Namespace, database: str, database_url: str) -> dict:
+    """One load run against a fresh API over ``database_url`` (empty: SQLite in a temp
+    folder); the result as a dict, its rows checked."""
     modules = roberta_modules()
-    print(f"building {args.workers} x {args.seconds} batches ...", flush=True)
+    print(f"[{database}] building {args.workers} x {args.seconds} batches ...", flush=True)
     workers = [
         build_worker(i, args.seconds, args.steps_per_batch, modules) for i in range(args.workers)
     ]
     batch_kib = statistics.mean(len(b) for w in workers for b in w.bodies) / 1024
     with tempfile.TemporaryDirectory(prefix="dora-load-") as tmp:
         folder = Path(tmp)
-        with api_server(folder, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:
+        url_of_db = database_url or f"sqlite:///{folder / 'dora.db'}"
+        with (
+            api_server(folder, free_port(), database_url) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
             for w in workers:
                 created = http.post(
                     "/api/runs",
@@ -279,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 ).raise_for_status()
             load_before = os.getloadavg()
             print(
-                f"{args.workers} workers x {args.steps_per_batch} steps/s, "
+                f"[{database}] {args.workers} workers x {args.steps_per_batch} steps/s, "
                 f"{batch_kib:.0f} KiB per batch, for {args.seconds} s; load average "
                 f"{load_before[0]:.2f} ...",
                 flush=True,
@@ -305,19 +336,21 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             reader.join()
             load_after = os.getloadavg()
-            problems = verify(folder / "dora.db", workers, modules)
-        db_mb = sum(p.stat().st_size for p in folder.glob("dora.db*")) / 1e6
+            problems = verify(url_of_db, workers, modules)
+        db_mb = database_mb(url_of_db, folder)
 
     ingest = [x for w in workers for x in w.latencies]
     late = [x for w in workers for x in w.lateness]
     steps = sum(len(w.sent.scores) for w in workers)
-    result = {
+    return {
+        "database": database,
         "workers": args.workers,
         "seconds": args.seconds,
         "steps_per_batch": args.steps_per_batch,
         "batch_kib": round(batch_kib, 1),
         "wall_s": round(elapsed, 1),
         "batches": len(ingest),
+        "steps": steps,
         "steps_per_s": round(steps / elapsed, 1),
         "score_values_per_s": round(steps * len(modules) * modules[0]["rank"] / elapsed),
         "ingest_ms": {
@@ -343,14 +376,65 @@ def main(argv: list[str] | None = None) -> int:
         "database_mb": round(db_mb, 1),
         "problems": problems,
     }
-    print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--steps-per-batch", type=int, default=5)
+    parser.add_argument("--poll-interval", type=float, default=0.25, help="reader pause, s")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql", "both"),
+        default="sqlite",
+        help="postgresql: a throwaway server started for the run; both: SQLite, then that",
+    )
+    parser.add_argument(
+        "--database-url", default="", help="an existing database for the API instead (any URL)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not (1 <= args.workers <= 32 and 1 <= args.seconds <= 600 and args.steps_per_batch >= 1):
+        parser.error("--workers 1..32, --seconds 1..600, --steps-per-batch >= 1")
+
+    results = []
+    if args.database_url:
+        results.append(run_once(args, args.database_url.split(":")[0], args.database_url))
+    else:
+        if args.database in ("sqlite", "both"):
+            results.append(run_once(args, "sqlite", ""))
+        if args.database in ("postgresql", "both"):
+            from tests.pgserver import PostgresMissing, PostgresServer
+
+            try:
+                server = PostgresServer.start(durable=True)
+            except PostgresMissing as exc:
+                parser.exit(2, f"load.py: error: --database {args.database}: {exc}\n")
+            try:
+                results.append(run_once(args, "postgresql", server.new_database("load")))
+            finally:
+                server.stop()
+    for result in results:
+        print(json.dumps(result, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if problems:
-        print(f"FAILED: {len(problems)} problems with the stored rows", file=sys.stderr)
-        return 1
-    print(f"every row of {steps} steps x {args.workers} runs stored exactly once")
-    return 0
+        body = results[0] if len(results) == 1 else results
+        args.json.write_text(json.dumps(body, indent=2) + "\n")
+    status = 0
+    for result in results:
+        if result["problems"]:
+            print(
+                f"FAILED ({result['database']}): {len(result['problems'])} problems with the "
+                "stored rows",
+                file=sys.stderr,
+            )
+            status = 1
+        else:
+            print(
+                f"{result['database']}: every row of {result['steps'] // args.workers} steps x "
+                f"{args.workers} runs stored exactly once"
+            )
+    return status
 
 
 if __name__ == "__main__":

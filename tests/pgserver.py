@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the tests (and ``bench/load.py --postgres``).
+"""A throwaway PostgreSQL server for the tests (and ``bench/load.py --database postgresql``).
 
 Debian's ``postgresql`` package (``make system-deps``) provides the binaries
 under ``/usr/lib/postgresql/<version>/bin``; nothing of the system cluster is
