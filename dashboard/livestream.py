@@ -18,6 +18,7 @@ turns the relay off.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +31,8 @@ STREAM_RULE = "/live/runs/<int:run_id>/stream"
 # How long the relay waits for the API between two chunks: the API sends a keep-alive
 # comment every 15 s (stream_keepalive_s), so a longer silence means it is gone.
 READ_TIMEOUT_S = 60.0
+# A comment line to the browser after this long without a chunk from the API.
+HEARTBEAT_S = 2.0
 
 
 def stream_href(run_id: int) -> str:
@@ -80,12 +83,37 @@ class Relay:
 
     def _relay(self, upstream: httpx.Response) -> Iterator[bytes]:
         """Chunks as they come; ends with the API's stream (after the run's final status),
-        when the API goes quiet, or when the browser leaves (the next write fails)."""
+        when the API goes quiet, or when the browser has left.
+
+        A server learns that a client left only when a write to it fails, and
+        the API may have nothing to say for a long time (a quiet run: one
+        keep-alive in 15 s), so a thread reads the API and this generator
+        writes a comment line whenever HEARTBEAT_S pass without a chunk: a
+        page that was closed gives its slot back within seconds.
+        """
+        chunks: queue.Queue[bytes | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for chunk in upstream.iter_raw():
+                    chunks.put(chunk)
+            except (httpx.HTTPError, OSError, RuntimeError):
+                pass  # the API went away, or the relay closed the stream under it
+            finally:
+                chunks.put(None)
+
+        threading.Thread(target=pump, name=f"relay {upstream.url.path}", daemon=True).start()
         try:
             yield b"retry: 2000\n\n"  # reconnect after 2 s, resuming with Last-Event-ID
-            yield from upstream.iter_raw()
-        except httpx.HTTPError:
-            return
+            while True:
+                try:
+                    chunk = chunks.get(timeout=HEARTBEAT_S)
+                except queue.Empty:
+                    yield b": relay\n\n"
+                    continue
+                if chunk is None:
+                    return
+                yield chunk
         finally:
             upstream.close()
             self._slots.release()

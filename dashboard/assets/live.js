@@ -3,31 +3,38 @@
    polling. Each notice of a new step or status sets the page's `run-notice`
    store, which runs the page's refresh; notices closer together than the
    poll interval are merged into one refresh. While the stream is open the
-   poll timer is off; when the stream cannot open or breaks, polling takes
-   over (the timer is on again) until it is back. After the run's final
-   status the stream is closed and one more poll catches late telemetry. */
+   poll timer is off. When the stream cannot open (every relay slot taken)
+   or breaks, polling takes over until it is back (the browser retries a
+   broken stream by itself; a refused one is asked for again every
+   RETRY_MS). After the run's final status the stream is closed and a poll
+   or two more catch late telemetry. */
 (function () {
-  let current = null; // {runId, source, last, lastBump, timer, pending}
+  const RETRY_MS = 10000;
+  let current = null; // the followed run: {runId, source, last, lastBump, timer, ...}
+
+  function shown() {
+    return document.getElementById("run-live-follow");
+  }
 
   function setProps(id, props) {
-    // only while the run page is shown (its stores have no DOM node to look for)
-    if (document.getElementById("run-live-follow")) {
-      window.dash_clientside.set_props(id, props);
-    }
+    // only while a run page is shown (its stores have no DOM node to look for)
+    if (shown()) window.dash_clientside.set_props(id, props);
+  }
+
+  function onThisPage(state) {
+    // Dash swaps pages without a reload: a stream outlives its page unless closed
+    const marker = shown();
+    return marker && marker.dataset.run === String(state.runId);
   }
 
   function stop() {
     if (current) {
-      current.source.close();
+      if (current.source) current.source.close();
       clearTimeout(current.timer);
+      clearTimeout(current.retry);
+      clearInterval(current.watch);
       current = null;
     }
-  }
-
-  function onThisPage(state) {
-    // Dash swaps pages without a reload: a stream outlives its page unless closed here
-    const store = document.getElementById("run-live-follow");
-    return store && store.dataset.run === String(state.runId);
   }
 
   function bump(state, notice) {
@@ -46,51 +53,63 @@
     setProps("run-notice", { data: Object.assign({ at: state.lastBump }, notice) });
   }
 
+  function onNotice(state, event) {
+    if (current !== state) return;
+    const notice = JSON.parse(event.data);
+    const same = notice.step === state.last.step && notice.status === state.last.status;
+    state.last = notice;
+    if (state.final.has(notice.status)) {
+      // the API ends the stream now
+      stop();
+      setProps("run-live-follow", { children: "ended" });
+      setProps("run-notice", { data: Object.assign({ at: Date.now() }, notice) });
+      setProps("run-tick", { disabled: false });
+    } else {
+      setProps("run-tick", { disabled: true }); // a poll answered meanwhile may have re-armed it
+      if (!same) bump(state, notice);
+    }
+  }
+
+  function open(state) {
+    const source = new EventSource(state.url);
+    state.source = source;
+    source.onopen = function () {
+      if (current !== state) return;
+      setProps("run-tick", { disabled: true });
+      setProps("run-live-follow", { children: "stream" });
+    };
+    source.onerror = function () {
+      if (current !== state) return;
+      setProps("run-tick", { disabled: false });
+      setProps("run-live-follow", { children: "poll" });
+      if (source.readyState === EventSource.CLOSED) {
+        // refused (no free slot, or the dashboard is gone): ask again later
+        state.retry = setTimeout(function () {
+          if (current === state) open(state);
+        }, RETRY_MS);
+      }
+    };
+    source.addEventListener("progress", function (event) {
+      onNotice(state, event);
+    });
+  }
+
   function follow(cfg) {
     stop();
     if (!cfg || !window.EventSource) return "poll";
     const state = {
       runId: cfg.run,
+      url: cfg.url,
       last: { step: cfg.step, status: cfg.status },
-      lastBump: 0,
-      timer: null,
-      pending: null,
-      final: new Set(cfg.final),
       gap: cfg.gap,
+      final: new Set(cfg.final),
+      lastBump: 0,
     };
-    state.source = new EventSource(cfg.url);
     current = state;
-    state.source.onopen = function () {
-      if (current !== state) return;
-      setProps("run-tick", { disabled: true });
-      setProps("run-live-follow", { children: "stream" });
-    };
-    state.source.onerror = function () {
-      // refused (closed for good) or broken (the browser retries): poll meanwhile
-      if (current !== state) return;
-      setProps("run-tick", { disabled: false });
-      setProps("run-live-follow", { children: "poll" });
-    };
-    state.source.addEventListener("progress", function (event) {
-      if (current !== state) return;
-      if (!onThisPage(state)) {
-        stop();
-        return;
-      }
-      const notice = JSON.parse(event.data);
-      const same = notice.step === state.last.step && notice.status === state.last.status;
-      state.last = notice;
-      if (state.final.has(notice.status)) {
-        // the API ends the stream now; a poll or two more catch late telemetry
-        stop();
-        setProps("run-live-follow", { children: "ended" });
-        setProps("run-notice", { data: Object.assign({ at: Date.now() }, notice) });
-        setProps("run-tick", { disabled: false });
-      } else {
-        setProps("run-tick", { disabled: true }); // a poll answered meanwhile may have re-armed it
-        if (!same) bump(state, notice);
-      }
-    });
+    state.watch = setInterval(function () {
+      if (current === state && !onThisPage(state)) stop(); // frees the relay's slot
+    }, 1000);
+    open(state);
     return "connecting";
   }
 

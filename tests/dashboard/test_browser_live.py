@@ -106,3 +106,44 @@ def test_without_a_stream_slot_the_page_polls(
     wait_until("the refused stream", lambda: text_of(browser, "#run-live-follow") == "poll")
     sim.post([10, 15])
     wait_until("the heatmap at step 15 by polling", lambda: _shows(browser, 15), 10)
+
+
+@pytest.fixture(scope="module")
+def one_slot_dash(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _dashboard(api_url, tmp_path_factory, DORA_DASH_MAX_STREAMS="1")
+
+
+def test_a_page_left_or_closed_gives_its_stream_slot_back(
+    api_url: str, one_slot_dash: str, browser: Any
+) -> None:
+    """One relay slot: it must come free when a page moves elsewhere (Dash swaps pages in
+    place, so the script closes its stream) and when a tab is closed (the relay's next
+    heartbeat write fails), or every later page would be stuck polling."""
+    from selenium.webdriver.common.by import By
+
+    first, second, third = (SimulatedRun(api_url, name=f"slot {i}") for i in range(3))
+    for sim in (first, second, third):
+        sim.post([0, 5])
+
+    def follows(run_id: int) -> bool:
+        return text_of(browser, "#run-live-follow") == "stream" and (
+            browser.execute_script("return location.pathname") == f"/runs/{run_id}"
+        )
+
+    home = browser.current_window_handle
+    browser.get(f"{one_slot_dash}/runs/{first.id}")
+    wait_until("the first page on the stream", lambda: follows(first.id), 20)
+    browser.find_element(By.CSS_SELECTOR, ".crumb a").click()  # to the runs list, in place
+    wait_until("the runs list", lambda: browser.find_elements(By.ID, "runs-table"), 20)
+
+    browser.switch_to.new_window("tab")
+    browser.get(f"{one_slot_dash}/runs/{second.id}")
+    wait_until("the second page on the stream", lambda: follows(second.id), 30)
+    browser.close()  # the tab goes; its relay notices at its next heartbeat
+
+    browser.switch_to.window(home)
+    browser.switch_to.new_window("tab")
+    browser.get(f"{one_slot_dash}/runs/{third.id}")
+    wait_until("the third page on the stream", lambda: follows(third.id), 30)
+    browser.close()
+    browser.switch_to.window(home)
