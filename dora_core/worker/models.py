@@ -10,6 +10,11 @@ weights). Which layers to adapt is ``dora_core.targets``' business.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ from torch import nn
 
 from dora_core.contracts.job import JobConfigError
 from dora_core.contracts.presets import MODELS
+
+log = logging.getLogger("dora.models")
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,53 @@ def resolve_model(name: str) -> ModelSource:
             raise JobConfigError(
                 [("model", "GGUF models need the gguf package; pip install gguf")]
             ) from None
+        return dequantised_copy(source)
     return source
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $DORA_CACHE_DIR, else ~/.cache/dora."""
+    env = os.environ.get("DORA_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "dora"
+
+
+def dequantised_copy(source: ModelSource) -> ModelSource:
+    """A GGUF model as an ordinary float transformers folder, converted once and cached.
+
+    transformers dequantises a GGUF file on every load (SmolLM2-135M: about 50 s of a
+    2-core machine for the tokenizer and the weights); the float copy loads in a second
+    or two and gives the same weights. The cache key is the file's path, size and mtime,
+    so a replaced file is converted again; the copy is written to a temporary folder and
+    renamed, so concurrent jobs never read half a copy.
+    """
+    gguf = Path(source.location) / str(source.gguf_file)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{key[:16]}"
+    if (target / "config.json").is_file():
+        return ModelSource(str(target))
+    import transformers
+
+    log.info("converting %s to a float model in %s (once; later jobs load the copy)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        transformers.logging.set_verbosity_error()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            source.location, **source.kwargs()
+        )
+        as_plain_float(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another job finished the same copy first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ModelSource(str(target))
 
 
 def _from_path(path: Path) -> ModelSource:

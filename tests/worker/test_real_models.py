@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dora_core.contracts.job import parse_job_config
@@ -90,3 +92,104 @@ def test_smollm2_run_merges_into_a_plain_float_model(tmp_path) -> None:
         torch.testing.assert_close(
             merged(**batch).logits, adapted(**batch).logits, rtol=1e-4, atol=1e-4
         )
+
+
+def test_smollm2_causal_lm_on_bbc_summary_then_dora_generate(tmp_path, capsys) -> None:
+    """Three optimizer steps of SFT on bbc-summary; the PEFT adapter reloads onto the GGUF
+    base with the same logits, the merged folder generates the same tokens, and
+    `dora generate` completes a prompt."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from dora_core.worker.cli import main
+    from dora_core.worker.models import load_model, load_tokenizer, resolve_model
+
+    for preset in (MODELS["smollm2-135m"], DATASETS["bbc-summary"]):
+        if not preset.available:
+            pytest.skip(f"{preset.name} is not installed ({preset.install_hint})")
+    job = {
+        "task": "causal-lm",
+        "model": "smollm2-135m",
+        "dataset": "bbc-summary",
+        "max_train_samples": 12,
+        "max_dev_samples": 2,
+        "max_length": 128,
+        "batch_size": 4,
+        "max_steps": 3,
+        "target_rank": 2,
+        "prune_interval": 1,
+        "max_gen_samples": 2,
+        "max_new_tokens": 8,
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
+    }
+    outcome = train(parse_job_config(job), progress=False)
+    assert outcome.status == "completed"
+    assert {"rouge1", "rouge2", "rougeL", "perplexity", "loss"} <= set(outcome.result["metrics"])
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"
+
+    source = resolve_model("smollm2-135m")
+    tokenizer = load_tokenizer(source)
+    base = load_model(source, 0, tokenizer.pad_token_id, task="causal-lm")
+    adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    assert main(["merge", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    batch = tokenizer(["The film was"], return_tensors="pt")
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**batch).logits, adapted(**batch).logits, rtol=1e-4, atol=1e-4
+        )
+        assert (
+            merged.generate(**batch, **kwargs).tolist()
+            == adapted.generate(**batch, **kwargs).tolist()
+        )
+
+    capsys.readouterr()
+    code = main(
+        [
+            "generate",
+            str(tmp_path / "run"),
+            "--prompt",
+            "The film was",
+            "--json",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
+    assert code == 0
+    [text] = json.loads(capsys.readouterr().out)
+    assert text and len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 5
+
+
+def test_a_gguf_preset_is_converted_once_into_the_same_float_model(tmp_path, monkeypatch) -> None:
+    """The cached float copy gives the GGUF file's logits and tokens, and is made only once."""
+    import time
+
+    import torch
+
+    from dora_core.worker.models import ModelSource, load_model, load_tokenizer, resolve_model
+
+    if not MODELS["smollm2-135m"].available:
+        pytest.skip("smollm2-135m is not installed")
+    monkeypatch.setenv("DORA_CACHE_DIR", str(tmp_path / "cache"))
+    copy = resolve_model("smollm2-135m")
+    assert copy.gguf_file is None and Path(copy.location).is_relative_to(tmp_path / "cache")
+    started = time.monotonic()
+    assert resolve_model("smollm2-135m") == copy  # found, not converted again
+    assert time.monotonic() - started < 5
+    preset = MODELS["smollm2-135m"].path()
+    gguf = ModelSource(str(preset.parent), preset.name)
+    tok_gguf, tok_copy = load_tokenizer(gguf), load_tokenizer(copy)
+    text = "Summarize the article.\n\nSummary: a fine film"
+    assert tok_copy(text)["input_ids"] == tok_gguf(text)["input_ids"]
+    assert tok_copy.chat_template == tok_gguf.chat_template and tok_copy.chat_template
+    batch = tok_gguf([text], return_tensors="pt")
+    a = load_model(gguf, 0, tok_gguf.pad_token_id, task="causal-lm").eval()
+    b = load_model(copy, 0, tok_copy.pad_token_id, task="causal-lm").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(**batch).logits, b(**batch).logits, rtol=0, atol=0)
