@@ -352,3 +352,90 @@ def _run_the_scenario(
 
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def _samples_event(step: int, rows: list[dict]) -> dict:
+    return {"step": step, "kind": "samples", "message": "samples", "data": {"samples": rows}}
+
+
+def test_generated_samples_show_as_text_and_the_form_follows_the_task(
+    api_url: str, dash_url: str, browser: Any
+) -> None:
+    """A generative run's samples (posted as its worker would) are literal text in the
+    Samples card, which follows a new generating evaluation; a classification run has no
+    card; the New job form switched to causal-lm shows its fields and sends them."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    http = httpx.Client(base_url=api_url, timeout=30)
+    hostile = '<img src=x onerror="window.__xss=1">'
+    long_prompt = "Summarise: " + "word " * 60 + hostile
+    config = {"task": "causal-lm", "model": "smollm2-135m", "dataset": "bbc-summary"}
+    made = http.post("/api/runs", json={"name": "lm samples", "config": config}).json()
+    run_id, token = made["id"], made["token"]
+    http.headers["Authorization"] = f"Bearer {token}"
+
+    def post(seq: int, step: int, rows: list[dict]) -> None:
+        body = {
+            "seq": seq,
+            "scalars": [{"step": step, "values": {"loss": 2.0}}],
+            "events": [_samples_event(step, rows)],
+        }
+        assert http.post(f"/api/runs/{run_id}/telemetry", json=body).status_code == 200
+
+    post(0, 20, [{"prompt": hostile, "reference": f"<b>lead</b> {hostile}", "prediction": hostile}])
+    driver.get(f"{dash_url}/runs/{run_id}")
+    cells = wait_until(
+        "the samples table",
+        lambda: driver.execute_script(
+            "return [...document.querySelectorAll('#run-samples td')].map(e => e.innerText);"
+        ),
+    )
+    assert cells == ["1", hostile, f"<b>lead</b> {hostile}", hostile]  # literal text
+    no_script_ran(driver)
+    assert not shown(driver, "#run-samples-picker")  # one step: nothing to pick
+
+    # a new generating evaluation while the page is open: the card moves to it
+    post(1, 40, [{"prompt": long_prompt, "reference": "ref 40", "prediction": "pred 40"}])
+    wait_until("step 40's samples", lambda: "ref 40" in text_of(driver, "#run-samples"), 60)
+    assert shown(driver, "#run-samples-picker")
+    assert text_of(driver, "#run-samples summary") == long_prompt[:159] + "…"
+    driver.find_element(By.CSS_SELECTOR, "#run-samples summary").click()
+    wait_until(
+        "the whole prompt", lambda: long_prompt in text_of(driver, "#run-samples details"), 10
+    )
+    no_script_ran(driver)
+    http.close()
+
+    # a classification run has no Samples card
+    api = ApiClient(api_url, token="")
+    cls = httpx.post(
+        f"{api_url}/api/runs",
+        json={"name": "cls", "config": {"model": "minilm", "dataset": "rt-snippets"}},
+        timeout=30,
+    ).json()["id"]
+    driver.get(f"{dash_url}/runs/{cls}")
+    wait_until("the run page", lambda: text_of(driver, "#run-name") == "cls")
+    assert driver.find_elements(By.ID, "run-samples-card")
+    assert not shown(driver, "#run-samples-card")
+
+    # the New job form, switched to causal-lm
+    driver.get(f"{dash_url}/?new=1")
+    wait_until("the job form", lambda: driver.find_elements(By.ID, "job-submit"))
+    assert shown(driver, "#job-field-label_column")
+    assert not shown(driver, "#job-section-generation")
+    driver.find_element(By.CSS_SELECTOR, "#job-task input[value='causal-lm']").click()
+    wait_until("the generative fields", lambda: shown(driver, "#job-section-generation"), 30)
+    assert not shown(driver, "#job-field-label_column") and not shown(driver, "#job-field-head_lr")
+    available = {p["name"] for p in api.presets() if p["available"]}
+    if "bbc-summary" in available:
+        wait_until("bbc-summary chosen", lambda: "bbc-summary" in text_of(driver, "#job-dataset"))
+    driver.find_element(By.CSS_SELECTOR, "#job-advanced summary").click()
+    fill(driver, "max_new_tokens", "0")
+    driver.find_element(By.ID, "job-submit").click()
+    message = wait_until(
+        "the max_new_tokens error", lambda: text_of(driver, "#job-error-max_new_tokens"), 30
+    )
+    assert "greater than or equal to 1" in message  # the generative field reached the API
+    assert driver.execute_script("return location.pathname") == "/"  # nothing launched
+    api.close()
