@@ -482,3 +482,21 @@ def test_the_card_reads_samples_posted_to_the_real_api(api_url: str, client: Api
     assert shown[-3:] == [HOSTILE, "a <b>lead</b>", "x & y"]
     assert samples.follow(client, run, 9, cursor) == (no_update,) * 5
     http.close()
+
+
+def test_perplexity_gets_its_own_axis_next_to_rouge() -> None:
+    from dashboard import figures
+    from dashboard.pages.run import curves
+
+    keys = ["eval/loss", "eval/perplexity", "eval/rouge1", "eval/rougeL", "loss"]
+    groups = figures.group_scalar_keys(keys)
+    assert groups["metrics"] == ["eval/perplexity", "eval/rouge1", "eval/rougeL"]
+    series = {k: {"steps": [10, 20], "values": [0.3, 0.35]} for k in keys}
+    series["eval/perplexity"] = {"steps": [10, 20], "values": [40.2, 12.7]}
+    fig = figures.curves_figure(series, groups["metrics"], right_axis=curves.RIGHT_AXIS)
+    assert [(t.name, t.yaxis) for t in fig.data] == [
+        ("eval/perplexity", "y2"),
+        ("eval/rouge1", "y"),
+        ("eval/rougeL", "y"),
+    ]
+    assert fig.layout.yaxis2.title.text == "eval/perplexity"

@@ -18,8 +18,9 @@ SCALAR_PLOTS = (
     ("metrics", "Dev metrics", "", "No evaluation yet: metrics appear at each eval step."),
     ("optimizer", "Optimiser", "gradient norm", "No optimiser scalars yet."),
 )
-# small next to the others: drawn on their own scale on the right
-RIGHT_AXIS = ("dem", "lr")
+# on another scale than the others of their plot: drawn on their own axis on the right
+# (dem and lr are small next to gradient norms; perplexity is large next to ROUGE's 0..1)
+RIGHT_AXIS = ("dem", "lr", "eval/perplexity")
 
 
 def cards() -> html.Div:
