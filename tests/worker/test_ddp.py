@@ -54,3 +54,44 @@ def test_torchrun_two_processes(tiny_bert, sentiment_csv, tmp_path) -> None:
     assert result["dev_size"] == 48
     correct = result["metrics"]["accuracy"] * 48
     assert abs(correct - round(correct)) < 1e-9
+
+
+def test_torchrun_two_processes_generative(tiny_llama, tmp_path) -> None:
+    """A causal-lm job under two ranks: the dev loss and the samples are gathered, so the
+    result equals a one-process evaluation of the same final weights."""
+    import torch
+
+    from dora_core.worker.train.artifacts import trained_model
+    from dora_core.worker.train.generation import evaluate_generative
+    from dora_core.worker.train.tasks import build_task
+    from tests.worker.test_generative import gen_job, pair_rows
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(160)))
+    job = gen_job(tiny_llama, data, tmp_path / "run", max_steps=20, eval_every=20)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DORA_API_URL": ""}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={free_port()}", "-m", "dora_core.worker.cli", "train",
+        str(tmp_path / "job.json"), "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    result = json.loads((run / "result.json").read_text())
+    samples = (run / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 12  # each of the first 12 dev examples once, in order
+    # One process, the trained weights, the same dev set: the same numbers.
+    from dora_core.contracts.job import parse_job_config
+    from dora_core.worker.train.plan import prepare
+
+    plan = prepare(parse_job_config(job), run, resume=True)
+    model, tokenizer, _ = trained_model(run)
+    task = build_task(plan, tokenizer)
+    metrics, rows = evaluate_generative(
+        model, task.dev, task.dev_examples, tokenizer, batch_size=16,
+        device=torch.device("cpu"), causal=True, samples=12, max_new_tokens=3,
+    )  # fmt: skip
+    assert result["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
+    assert [json.loads(s)["prediction"] for s in samples] == [r["prediction"] for r in rows]
