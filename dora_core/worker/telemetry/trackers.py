@@ -54,6 +54,8 @@ INSTALL_HINT = "pip install 'dora-toolkit[trackers]'"
 class Tracker(Protocol):
     """What one tracker does with a run; every call may raise (``Trackers`` guards them)."""
 
+    where: str  # one line for the log: where to look at the run
+
     def scalars(self, step: int, values: dict[str, float]) -> None: ...
 
     def image(self, step: int, rgb: np.ndarray) -> None:
@@ -78,6 +80,7 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
+        self.where = f"event files in {run_dir / TENSORBOARD_DIR} (tensorboard --logdir {run_dir})"
         text = json.dumps(config, indent=2)
         self.writer.add_text("job", "    " + text.replace("\n", "\n    "), 0)
 
@@ -116,6 +119,7 @@ class MlflowTracker:
         self.ended = False
         self.pending: list[Any] = []
         self.run_id = self._continued() or self._create(run_name, config)
+        self.where = f"run {self.run_id} at {self.client.tracking_uri}"
 
     def _continued(self) -> str | None:
         """The MLflow run a resumed run started, when it is still in this tracking store."""
@@ -270,7 +274,7 @@ class Trackers:
         self.opened = True
         for name in self.names:
             try:
-                self.active[name] = self.factories[name](self.run_dir, self.run_name, self.config)
+                tracker = self.factories[name](self.run_dir, self.run_name, self.config)
             except ImportError as exc:
                 log.warning(
                     "report_to %s is off: %s is not installed (%s)",
@@ -280,6 +284,9 @@ class Trackers:
                 )
             except Exception as exc:
                 log.warning("report_to %s is off: it could not start: %s", name, _oneline(exc))
+            else:
+                self.active[name] = tracker
+                log.info("report_to %s: %s", name, getattr(tracker, "where", "started"))
 
     def _each(self, verb: str, *args: Any) -> None:
         for name, tracker in list(self.active.items()):
