@@ -126,6 +126,19 @@ def test_paths_must_stay_inside_the_configured_roots(client, settings, tmp_path)
     assert ok["model"] == job["model"] and ok["name"] == "ok"
 
 
+def test_an_hf_dataset_spec_names_the_cache_not_a_path(client) -> None:
+    """hf:NAME[:CONFIG] is no path, so it is not confined to the dataset roots; its form is
+    checked by the shared schema (a '..' or a third part is 422 before anything is created)."""
+    run = _launch(client, "hf", dataset="hf:stanfordnlp/imdb:plain_text")
+    job = json.loads((Path(run["config"]["output_dir"]) / "job.json").read_text())
+    assert job["dataset"] == "hf:stanfordnlp/imdb:plain_text"
+    for bad in ("hf:../data", "hf:a/b/c"):
+        resp = client.post("/api/jobs", json={**JOB, "dataset": bad})
+        assert resp.status_code == 422, resp.text
+        [err] = resp.json()["detail"]
+        assert err["loc"] == ["body", "dataset"] and "hf:NAME" in err["msg"]
+
+
 def test_worker_gets_its_run_env_and_log_and_nothing_secret(client, settings, monkeypatch) -> None:
     monkeypatch.setenv("DORA_API_TOKEN", "master-secret")
     monkeypatch.setenv("DATABASE_URL", "postgresql://user:pw@db/dora")
