@@ -18,6 +18,7 @@ import pytest
 from tests.backend.conftest import (  # noqa: F401
     client,
     database_url,
+    db_kind,
     make_settings,
     settings,
     stand_in,

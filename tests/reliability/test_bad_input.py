@@ -26,11 +26,16 @@ AS_JSON = {"content-type": "application/json"}
 
 # Field -> values that must be refused, each for a reason a user would understand.
 BAD_FIELDS: dict[str, list] = {
+    "task": ["generation", "CAUSAL-LM", None],
     "name": ["x" * 121, 5],
     "model": ["", 3],
     "dataset": ["", ["rt-snippets"]],
     "text_column": ["", None],
     "label_column": ["", {}],
+    "prompt_column": ["", 3],
+    "completion_column": ["", None],
+    "train_on_prompt": ["maybe", 2],
+    "chat_template": [5, ["{{ x }}"]],
     "max_length": [7, 4097, "long"],
     "dev_fraction": [0, 0.5, -0.1],
     "max_train_samples": [0, -1, 1.5],
@@ -59,6 +64,9 @@ BAD_FIELDS: dict[str, list] = {
     "grad_clip": [0, -1, float("inf")],
     "seed": [-1, 2**31],
     "eval_every": [0],
+    "generate_every": [0, -1],
+    "max_gen_samples": [-1, 100_001],
+    "max_new_tokens": [0, 4097],
     "checkpoint_every": [0],
     "report_every": [0, None],
     "report_to": ["tensorboard", ["wandb"], [None]],
