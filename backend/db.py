@@ -29,6 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.models import Instance, utcnow
 
+# PostgreSQL advisory lock key held while migrating (any constant unique to this app).
+MIGRATION_LOCK = 0x646F7261  # 'dora'
+
 
 def _sqlite_engine(url: str, busy_timeout_s: float, begin: str) -> Engine:
     engine = create_engine(
@@ -84,8 +87,21 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (run once by the API at start-up)."""
+        """Bring the schema to the newest Alembic revision (run once by the API at start-up).
+
+        API processes started together on one database take turns: the lock
+        is taken before Alembic looks at the schema and held until every
+        revision is in, in one transaction (on PostgreSQL a transaction-level
+        advisory lock, as two concurrent ``CREATE TABLE`` would fail the second;
+        on SQLite the write lock of ``BEGIN IMMEDIATE``; Alembic would otherwise
+        commit after each revision there, and another process could start on
+        the next one too). The later ones find the schema at head.
+        """
         with self.write_engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            else:
+                conn.execute(text("SELECT 1"))  # begins the transaction (SQLite: the lock)
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

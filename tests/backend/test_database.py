@@ -111,3 +111,37 @@ def test_wheel_ships_the_migrations(tmp_path) -> None:
         "backend/migrations/versions/0001_initial.py",
     ):
         assert needed in names, needed
+
+
+@pytest.mark.both_databases
+def test_api_processes_starting_together_migrate_one_empty_database_once(database_url) -> None:
+    """Several API processes started at once (a scaled deployment) all migrate at start-up:
+    one builds the schema, the others wait for it and find it at head."""
+    start_up = (
+        "import sys, time\n"
+        "from backend.db import Database\n"
+        "db = Database(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # all at one moment
+        "db.migrate(); print(db.instance_id())\n"
+    )
+    at = str(time.time() + 5)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", start_up, database_url, at],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one instance id for all
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+            assert conn.exec_driver_sql("SELECT count(*) FROM instance").scalar() == 1
+    finally:
+        db.dispose()

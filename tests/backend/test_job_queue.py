@@ -429,8 +429,13 @@ def test_worker_threads_share_the_cpus_among_the_job_slots(
 def test_the_queue_settings_come_from_the_environment(tmp_path) -> None:
     defaults = Settings.from_env({"DORA_DATA_DIR": str(tmp_path)})
     assert (defaults.max_jobs, defaults.max_queued) == (2, 20)
-    mine = Settings.from_env({"DORA_MAX_JOBS": "3", "DORA_MAX_QUEUED": "5"})
-    assert (mine.max_jobs, mine.max_queued) == (3, 5)
+    assert defaults.worker_lease_s == 30.0
+    mine = Settings.from_env(
+        {"DORA_MAX_JOBS": "3", "DORA_MAX_QUEUED": "5", "DORA_WORKER_LEASE_S": "7.5"}
+    )
+    assert (mine.max_jobs, mine.max_queued, mine.worker_lease_s) == (3, 5, 7.5)
+    with pytest.raises(SettingsError, match="DORA_WORKER_LEASE_S='-1' must be positive"):
+        Settings.from_env({"DORA_WORKER_LEASE_S": "-1"})
     with pytest.raises(SettingsError, match="DORA_MAX_QUEUED='0' must be positive"):
         Settings.from_env({"DORA_MAX_QUEUED": "0"})
 
