@@ -4,10 +4,11 @@ Headless Chromium fills the New-job form for a tiny DoRA job (first with a
 bad learning rate, to see the API's 422 next to the field), submits it,
 watches the rank heatmap change while the job trains, downloads the adapter,
 and opens Compare for it and a LoRA run trained alongside. A run name full
-of HTML/JS must show as text everywhere and never run.
+of HTML/JS must show as text everywhere and never run (its own test, on
+simulated telemetry).
 
-Screenshots of the pages go to a temp dir, or to docs/screenshots/ with
-DORA_UPDATE_SCREENSHOTS=1 (how the README's images are made).
+The README's screenshots come from a realistic run instead:
+scripts/screenshots.py (the demo job and a LoRA baseline).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +28,16 @@ import pytest
 
 from dashboard.api import ApiClient
 from dashboard.params import live_adapter_params
-from tests.conftest import REPO_ROOT, free_port, wait_until
+from tests.conftest import free_port, wait_until
 from tests.dashboard.conftest import start_server, stop_server
+from tests.dashboard.simulate import SimulatedRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL_NAME = '<img src=x onerror="window.__xss=1">tiny <b>dora</b>'
+NAME = "tiny dora"
 # small enough for well under a minute on two cores, long enough to see
 # pruning: T = 24, pruning from step 2.4 to step 19.2, an event at every step.
 # Batches of 16 (up to 64 tokens) keep the run near 10 s on one thread, so the page
@@ -118,25 +120,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("DORA_UPDATE_SCREENSHOTS") == "1":
-        out = REPO_ROOT / "docs" / "screenshots"
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    return tmp_path_factory.mktemp("screenshots")
-
-
-def screenshot(driver: Any, path: Path) -> None:
-    """The whole page, not just the window."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1440, min(max(height, 900), 4000))
-    driver.execute_script("window.scrollTo(0, 0)")
-    time.sleep(0.6)  # plotly relayouts after a resize
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1440, 900)
-
-
 def fill(driver: Any, field: str, value: str) -> None:
     """Replace what a form input holds (select-all + type, as a person does)."""
     from selenium.webdriver.common.by import By
@@ -177,9 +160,7 @@ def no_script_ran(driver: Any) -> None:
     assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
 
 
-def test_launch_watch_download_and_compare(
-    api_url: str, dash_url: str, browser: Any, shots: Path
-) -> None:
+def test_launch_watch_download_and_compare(api_url: str, dash_url: str, browser: Any) -> None:
 
     api = ApiClient(api_url, token="")
     available = {p["name"] for p in api.presets() if p["available"]}
@@ -188,7 +169,7 @@ def test_launch_watch_download_and_compare(
     # a LoRA baseline trains alongside, through the API, for Compare later
     lora_id = api.submit_job({**TINY_LORA, "name": "tiny lora"})["run_id"]
     try:
-        _run_the_scenario(api, dash_url, browser, shots, lora_id)
+        _run_the_scenario(api, dash_url, browser, lora_id)
     finally:
         for run in api.all_runs():
             if run["status"] in LIVE_STATUSES:
@@ -196,15 +177,13 @@ def test_launch_watch_download_and_compare(
         api.close()
 
 
-def _run_the_scenario(
-    api: ApiClient, dash_url: str, driver: Any, shots: Path, lora_id: int
-) -> None:
+def _run_the_scenario(api: ApiClient, dash_url: str, driver: Any, lora_id: int) -> None:
     from selenium.webdriver.common.by import By
 
     # --- New job form: a 422 shown next to its field, then a good submit ---
     driver.get(f"{dash_url}/?new=1")
     wait_until("the job form", lambda: driver.find_elements(By.ID, "job-submit"))
-    fill(driver, "name", EVIL_NAME)
+    fill(driver, "name", NAME)
     fill(driver, "target_rank", "2")
     fill(driver, "max_steps", str(TINY["max_steps"]))
     fill(driver, "batch_size", str(TINY["batch_size"]))
@@ -225,7 +204,6 @@ def _run_the_scenario(
     message = wait_until("the lr error next to the field", lambda: text_of(driver, "#job-error-lr"))
     assert "greater than 0" in message
     assert re.fullmatch(r"/", driver.execute_script("return location.pathname"))
-    screenshot(driver, shots / "new-job.png")
     fill(driver, "lr", str(TINY["lr"]))
     driver.find_element(By.ID, "job-submit").click()
     path = wait_until(
@@ -234,7 +212,7 @@ def _run_the_scenario(
     )
     run_id = int(path.group(1))
     config = api.run(run_id)["config"]
-    assert config["name"] == EVIL_NAME and config["target_rank"] == 2 and config["lr"] == TINY["lr"]
+    assert config["name"] == NAME and config["target_rank"] == 2 and config["lr"] == TINY["lr"]
     assert config["max_train_samples"] == TINY["max_train_samples"]
     assert (config["warmup_frac"], config["final_frac"]) == (
         TINY["warmup_frac"],
@@ -258,8 +236,7 @@ def _run_the_scenario(
     live_first = sum(v for row in first for v in row if v is not None)
     live_later = sum(v for row in later for v in row if v is not None)
     assert live_later < live_first, "pruning lowers the live count"
-    assert text_of(driver, "#run-name") == EVIL_NAME
-    no_script_ran(driver)
+    assert text_of(driver, "#run-name") == NAME
 
     # --- it finishes; the poll stops; the adapter downloads through the dashboard ---
     wait_until(
@@ -294,7 +271,6 @@ def _run_the_scenario(
     full = live_adapter_params("dora", api.modules(run_id), {**matrix, "live": matrix["rank"]})
     assert full == run["params"]["adapter"]
     assert "Live adapter parameters" in text_of(driver, "#run-step-label")
-    screenshot(driver, shots / "run.png")
 
     # --- Replay starts from step 0, where every module still has all r' components ---
     driver.find_element(By.ID, "run-play-button").click()
@@ -307,22 +283,10 @@ def _run_the_scenario(
     assert {v for row in start for v in row if v is not None} == {3}  # r' = ceil(1.5 * 2)
     driver.find_element(By.ID, "run-play-button").click()  # pause
 
-    # --- runs table: the name is text there too ---
-    driver.get(f"{dash_url}/")
-    wait_until(
-        "the runs table", lambda: driver.find_elements(By.CSS_SELECTOR, "#runs-table td.name")
-    )
-    names = driver.execute_script(
-        "return [...document.querySelectorAll('#runs-table td.name')].map(e => e.innerText);"
-    )
-    assert EVIL_NAME in names
-    no_script_ran(driver)
-
     # --- Compare: the DoRA run and the LoRA baseline, both finished ---
     wait_until("the LoRA run to complete", lambda: api.run(lora_id)["status"] == "completed", 150)
     driver.get(f"{dash_url}/")
     wait_until("the LoRA run in the table", lambda: "tiny lora" in text_of(driver, "#runs-table"))
-    screenshot(driver, shots / "runs.png")
     driver.get(f"{dash_url}/compare?runs={run_id},{lora_id}")
     wait_until(
         "the compare heatmaps",
@@ -346,9 +310,7 @@ def _run_the_scenario(
         [b - a for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(final, heat[1], strict=True)
     ]
     table = text_of(driver, "#compare-content table")
-    assert EVIL_NAME in table and "tiny lora" in table and "LoRA" in table
-    no_script_ran(driver)
-    screenshot(driver, shots / "compare.png")
+    assert NAME in table and "tiny lora" in table and "LoRA" in table
 
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
@@ -439,3 +401,33 @@ def test_generated_samples_show_as_text_and_the_form_follows_the_task(
     assert "greater than or equal to 1" in message  # the generative field reached the API
     assert driver.execute_script("return location.pathname") == "/"  # nothing launched
     api.close()
+
+
+def test_a_hostile_run_name_is_text_on_every_page(
+    api_url: str, dash_url: str, browser: Any
+) -> None:
+    """A run name full of HTML and script shows as those characters on the run page, in the
+    runs table and on Compare, and nothing in it runs."""
+    from selenium.webdriver.common.by import By
+
+    evil = SimulatedRun(api_url, name=EVIL_NAME).complete()
+    plain = SimulatedRun(api_url, name="plain neighbour").complete()
+
+    browser.get(f"{dash_url}/runs/{evil.id}")
+    wait_until("the run name", lambda: text_of(browser, "#run-name") == EVIL_NAME, 30)
+    wait_until("the events", lambda: "finished" in text_of(browser, "#run-events"), 30)
+    no_script_ran(browser)
+
+    browser.get(f"{dash_url}/")
+    wait_until(
+        "the runs table", lambda: browser.find_elements(By.CSS_SELECTOR, "#runs-table td.name")
+    )
+    names = browser.execute_script(
+        "return [...document.querySelectorAll('#runs-table td.name')].map(e => e.innerText);"
+    )
+    assert EVIL_NAME in names
+    no_script_ran(browser)
+
+    browser.get(f"{dash_url}/compare?runs={evil.id},{plain.id}")
+    wait_until("the compare table", lambda: EVIL_NAME in text_of(browser, "#compare-content table"))
+    no_script_ran(browser)
