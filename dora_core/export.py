@@ -27,6 +27,12 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 
 
+def _full(tensor: Tensor) -> Tensor:
+    """Half-precision tensors as fp32: an adapter ships in full precision whatever the
+    training's (a head trained next to a bf16 base, say)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 @torch.no_grad()
 def lora_factors(layer: DoraLayer) -> tuple[Tensor, Tensor]:
     """(A', B') with B' A' equal to the layer's update, keeping only non-zero gates."""
@@ -57,8 +63,8 @@ def export_peft(
         A, B = lora_factors(layer)
         if A.shape[0] == 0:
             continue
-        tensors[f"{_PREFIX}{name}.lora_A.weight"] = A.cpu()
-        tensors[f"{_PREFIX}{name}.lora_B.weight"] = B.cpu()
+        tensors[f"{_PREFIX}{name}.lora_A.weight"] = _full(A.cpu())
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = _full(B.cpu())
         ranks[name] = A.shape[0]
         fan_in_fan_out |= layer.fan_in_fan_out
     if not ranks:
@@ -68,7 +74,7 @@ def export_peft(
         )
     for head in heads:
         for pname, param in model.get_submodule(head).named_parameters():
-            tensors[f"{_PREFIX}{head}.{pname}"] = param.detach().cpu().contiguous().clone()
+            tensors[f"{_PREFIX}{head}.{pname}"] = _full(param.detach().cpu().contiguous().clone())
     top = max(ranks.values())
     name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = {

@@ -44,7 +44,13 @@ class DoraLayer(nn.Module):
         self.merged = False
         self.gated = False  # True while some current row has gate 0 (frozen, not compacted)
         weight = base_layer.weight
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        # The factors train in at least fp32, also next to a bf16/fp16 base (mixed precision:
+        # autocast lowers the matmuls, the weights and AdamW's state stay full precision).
+        dtype = (
+            torch.promote_types(weight.dtype, torch.float32)
+            if weight.is_floating_point()
+            else torch.float32
+        )
         kwargs = {"device": weight.device, "dtype": dtype}
         self.dora_A = nn.Parameter(torch.empty(init_rank, d_in, **kwargs))
         self.dora_B = nn.Parameter(torch.empty(d_out, init_rank, **kwargs))
@@ -96,7 +102,10 @@ class DoraLayer(nn.Module):
             return out
         # A layer compacted to rank 0 still runs (on empty factors) so that DDP
         # sees every parameter used and needs no find_unused_parameters.
-        hidden = F.linear(self.dropout(x).to(self.dora_A.dtype), self.dora_A)
+        x = self.dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):  # autocast picks the matmul's dtype
+            x = x.to(self.dora_A.dtype)
+        hidden = F.linear(x, self.dora_A)
         hidden = hidden * self.effective_gate()
         if out.dtype != hidden.dtype:
             return out + F.linear(hidden, self.dora_B).to(out.dtype)

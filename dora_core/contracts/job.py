@@ -210,7 +210,36 @@ class JobConfig(BaseModel):
     output_dir: str | None = Field(
         None, description="Run directory; default: <data dir>/runs/<name>-<timestamp>"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="Where to train: auto (CUDA, else Apple mps, else CPU), cpu, cuda, mps",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Forward passes under autocast: auto (bf16 on a CUDA GPU that supports "
+        "it, else fp32), fp32, bf16 (CUDA or CPU), fp16 (CUDA, with a GradScaler); adapters, "
+        "head, optimizer state and importance scores stay fp32",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations during the backward pass (less memory, more time; "
+        "transformers' non-reentrant checkpointing)",
+    )
+    gpus: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs the API's launcher reserves for this job (its CUDA_VISIBLE_DEVICES; "
+        "0: none, but a device cuda job gets 1); N > 1 runs one process per GPU under "
+        "torchrun. `dora train` uses the GPUs it sees",
+    )
+    processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Worker processes (DDP ranks under torchrun) the API's launcher starts; "
+        "default: one per reserved GPU, else 1 (N > 1 without GPUs: N gloo ranks on CPU)",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
@@ -233,7 +262,20 @@ class JobConfig(BaseModel):
             raise ValueError(
                 "target_modules: empty list; give at least one suffix or regex, or null for the default"
             )
+        problem = _placement_problem(self.device, self.precision, self.gpus, self.processes)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs a launcher reserves: ``gpus``, or 1 for a device cuda job that names none."""
+        return reserved_gpus(self.model_dump())
+
+    @property
+    def process_count(self) -> int:
+        """Worker processes a launcher starts: ``processes``, else one per reserved GPU."""
+        return worker_processes(self.model_dump())
 
     @property
     def start_rank(self) -> int | None:
@@ -247,6 +289,45 @@ class JobConfig(BaseModel):
     @property
     def display_name(self) -> str:
         return self.name or f"{self.method}-{Path(self.model).name}-{dataset_label(self.dataset)}"
+
+
+# Precision a device cannot run: the schema's rule for a named device, the worker's once
+# auto has picked one (dora_core.worker.train.precision).
+FP16_ON_CPU = (
+    "fp16 is for CUDA GPUs: on a CPU it is emulated, slower than fp32 and saves no memory; "
+    "use bf16 or fp32"
+)
+LOW_PRECISION_ON_MPS = "{precision} is not supported on mps here (untested); use fp32 or auto"
+
+
+def _placement_problem(device: str, precision: str, gpus: int, processes: int | None) -> str | None:
+    """Device, precision, GPUs and processes that cannot go together ("field: why; fix")."""
+    if device == "cpu" and precision == "fp16":
+        return f"precision: {FP16_ON_CPU}"
+    if device == "mps" and precision in ("bf16", "fp16"):
+        return f"precision: {LOW_PRECISION_ON_MPS.format(precision=precision)}"
+    if device in ("cpu", "mps") and gpus:
+        return f"gpus: device {device} uses no CUDA GPU; set gpus to 0, or device to cuda or auto"
+    if device == "mps" and processes not in (None, 1):
+        return "processes: a device mps job runs in one process; set processes to 1"
+    count = gpus or (1 if device == "cuda" else 0)
+    if count and processes not in (None, count):
+        return (
+            f"processes: one process per GPU; with {count} GPU{'s' if count > 1 else ''} leave "
+            f"processes out, or set gpus to {processes}"
+        )
+    return None
+
+
+def reserved_gpus(config: dict[str, Any]) -> int:
+    """GPUs a launcher reserves for a stored job config (older configs have no gpus)."""
+    gpus = int(config.get("gpus") or 0)
+    return gpus or (1 if config.get("device") == "cuda" else 0)
+
+
+def worker_processes(config: dict[str, Any]) -> int:
+    """Processes a launcher starts for a stored job config: processes, else one per GPU."""
+    return int(config.get("processes") or 0) or max(1, reserved_gpus(config))
 
 
 def _field_of(loc: tuple) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dora_core.contracts.job import JobConfigError
@@ -202,13 +203,17 @@ def load_model(
     pad_token_id: int,
     label_names: list[str] | None = None,
     task: str = "classification",
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """The model for ``task``: a classifier with ``num_labels`` outputs (new head weights), or
-    a causal / seq2seq LM with its own head."""
+    a causal / seq2seq LM with its own head; ``dtype``: load the weights in it (a bf16 base
+    on a GPU, ``precision.base_dtype``), else as stored."""
     import transformers
 
     transformers.logging.set_verbosity_error()  # the "newly initialized head" report is expected
-    extra = {"num_labels": num_labels} if task == "classification" else {}
+    extra: dict[str, Any] = {"num_labels": num_labels} if task == "classification" else {}
+    if dtype is not None:
+        extra[_dtype_keyword(transformers.__version__)] = dtype
     model = auto_class(task).from_pretrained(source.location, **extra, **source.kwargs())
     if source.gguf_file:
         as_plain_float(model)
@@ -221,6 +226,26 @@ def load_model(
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
     return model
+
+
+def _dtype_keyword(version: str) -> str:
+    """from_pretrained's dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype``
+    before (still accepted, with a deprecation warning)."""
+    from packaging.version import Version
+
+    return "dtype" if Version(version) >= Version("4.56") else "torch_dtype"
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing on a transformers model, or the one a PEFT model
+    wraps: each block's activations are recomputed in the backward pass. Non-reentrant,
+    so gradients reach adapters inside a block whether or not its inputs require grad."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5 (the new name)
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def as_plain_float(model: nn.Module) -> None:

@@ -72,6 +72,10 @@ BAD_FIELDS: dict[str, list] = {
     "report_to": ["tensorboard", ["wandb"], [None]],
     "output_dir": ["/tmp/elsewhere", "runs/1"],
     "device": ["tpu", "cuda:0"],
+    "precision": ["fp8", "BF16", None],
+    "gradient_checkpointing": ["maybe", 2],
+    "gpus": [-1, 65, 1.5, "all"],
+    "processes": [0, 65, "two"],
 }
 
 

@@ -42,18 +42,19 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dora_core.contracts.hosts import dashboard_run_url
-from dora_core.contracts.job import JobConfig, JobConfigError
+from dora_core.contracts.job import JobConfig, JobConfigError, worker_processes
 from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
 from dora_core.reporting import report_event, report_state
 from dora_core.worker.data import BatchPlan
 from dora_core.worker.gendata import GenDataError
-from dora_core.worker.models import load_tokenizer
+from dora_core.worker.models import enable_checkpointing, load_tokenizer
 from dora_core.worker.telemetry import NullReporter, Reporter
 from dora_core.worker.telemetry.trackers import Trackers
 from dora_core.worker.train import checkpoint, ddp
 from dora_core.worker.train.generation import clip_sample, write_samples
 from dora_core.worker.train.methods import Method, build_method
-from dora_core.worker.train.plan import Plan, default_run_dir, prepare
+from dora_core.worker.train.plan import Plan, default_run_dir, device_kind, prepare
+from dora_core.worker.train.precision import Amp, keep_trainable_fp32
 from dora_core.worker.train.summary import summary_lines
 from dora_core.worker.train.tasks import Task, build_task
 
@@ -109,10 +110,12 @@ class _StopFlag:
 
 
 def pick_device(device: str) -> torch.device:
-    """The job's ``device`` field (auto / cpu / cuda) as a torch device for this rank."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", ddp.local_rank())
+    """The job's ``device`` field (auto / cpu / cuda / mps) as a torch device for this rank:
+    under torchrun each rank takes the GPU of its local rank (the launcher's
+    CUDA_VISIBLE_DEVICES lists the job's own). A device the machine lacks is refused by
+    ``plan.check_device``, before anything runs on it."""
+    kind = device_kind(device)
+    return torch.device("cuda", ddp.local_rank()) if kind == "cuda" else torch.device(kind)
 
 
 def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
@@ -173,7 +176,11 @@ class Worker:
         self.train_data, self.dev_data = self.task.train, self.task.dev
         torch.manual_seed(plan.seed)  # the head and the adapters start from the seed
         self.method: Method = build_method(self.task.load_model(), plan.method)
+        keep_trainable_fp32(self.method.model)  # only the frozen base may be low precision
+        if plan.gradient_checkpointing:
+            enable_checkpointing(self.method.model)
         self.method.model.to(device)
+        self.amp = Amp(plan.precision, device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.wrapped: nn.Module = self.method.model
@@ -201,6 +208,7 @@ class Worker:
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self.amp.load_state_dict(state.get("scaler"))
             self.step = int(state["step"])
             self.best = state.get("best")
             self.last_eval = state.get("last_eval")
@@ -247,19 +255,21 @@ class Worker:
             last = k == accum - 1
             sync = contextlib.nullcontext() if last or not ddp.active() else self.wrapped.no_sync()
             with sync:
-                task = self.wrapped(**batch).loss  # the model's own loss on its labels
+                with self.amp.autocast():  # the forward only; adapters and head stay fp32
+                    task = self.wrapped(**batch).loss  # the model's own loss on its labels
                 reg = self.method.regularization()
                 loss = task + reg if reg is not None else task
-                (loss / accum).backward()
+                self.amp.backward(loss / accum)
             totals["loss"] += loss.item() / accum
             totals["task_loss"] += task.item() / accum
             totals["dem"] += (reg.item() if reg is not None else 0.0) / accum
         params = [p for p in self.method.parameters() if p.grad is not None]
         clip = self.plan.optim.grad_clip
         limit = clip if clip is not None else float("inf")
+        self.amp.unscale(self.optimizer)  # fp16: clip the true gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-        self.optimizer.step()
+        self.amp.step(self.optimizer)
         self.scheduler.step()
         self.step += 1
         result = self.method.step(self.step, self.optimizer)
@@ -292,7 +302,8 @@ class Worker:
 
     def _evaluate(self) -> dict[str, float]:
         final = self.step == self.plan.total_steps
-        result = self.task.evaluate(self.method.model, self.device, self.step, final)
+        with self.amp.autocast():  # dev loss and generation run as training does
+            result = self.task.evaluate(self.method.model, self.device, self.step, final)
         metrics = result.metrics
         self.last_eval = metrics
         key = self.task.best_key
@@ -319,6 +330,7 @@ class Worker:
                 "method": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.amp.state_dict(),  # fp16's loss scale (None otherwise)
                 "rng": checkpoint.rng_state(),
                 "position": {"micro_batches": self.step * self.plan.grad_accum},
                 "total_steps": self.plan.total_steps,
@@ -554,6 +566,26 @@ def train(
         ddp.teardown()
 
 
+def _placement_line(plan: Plan, device: torch.device) -> str:
+    """Where and how the run trains (one log line); says so when the process count differs
+    from what the job asks of a launcher (``dora train`` runs as it was started)."""
+    world = ddp.world_size()
+    line = (
+        f"training on {device.type} ({world} process{'es' if world > 1 else ''}), precision "
+        f"{plan.precision}, gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}"
+    )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type == "cuda" and visible is not None:
+        line += f", CUDA_VISIBLE_DEVICES={visible}"
+    wanted = worker_processes(plan.record)
+    if wanted != world:
+        line += (
+            f"; the job asks a launcher for {wanted} process{'es' if wanted > 1 else ''} "
+            f"(started by hand: torchrun --nproc_per_node {wanted})"
+        )
+    return line
+
+
 def _run(
     plan: Plan,
     device: torch.device,
@@ -588,6 +620,7 @@ def _run(
                 plan.total_steps,
                 plan.run_dir,
             )
+            log.info("%s", _placement_line(plan, device))
         with _StopFlag() as stop:
             return worker.run(stop, progress)
     except BaseException as exc:

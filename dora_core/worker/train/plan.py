@@ -35,6 +35,8 @@ from dora_core.worker.models import (
     load_tokenizer,
     resolve_model,
 )
+from dora_core.worker.train import ddp
+from dora_core.worker.train.precision import resolve_precision
 
 _FIELD = re.compile(r"^(\w+): (.*)$", re.S)
 
@@ -102,8 +104,10 @@ class Plan:
     eval_every: int
     checkpoint_every: int
     report_every: int
-    device: str  # auto / cpu / cuda
+    device: str  # the job's: auto / cpu / cuda / mps
     task: str = "classification"
+    precision: str = "fp32"  # resolved for the device: fp32 / bf16 / fp16 (precision.py)
+    gradient_checkpointing: bool = False
     generation: GenerationPlan = GenerationPlan(None, 0, 1, False)
     chat_template: str | None = None  # the job's, when the tokenizer has none
 
@@ -132,6 +136,35 @@ def field_error(exc: ValueError, default_field: str) -> JobConfigError:
     if match and match.group(1) in JobConfig.model_fields:
         return JobConfigError([(match.group(1), match.group(2))])
     return JobConfigError([(default_field, text)])
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def device_kind(device: str) -> str:
+    """cpu / cuda / mps: the job's ``device`` with auto resolved (CUDA, else mps for a
+    single process, else CPU). Whether a named device exists is ``check_device``'s."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if not ddp.launched() and mps_available():
+        return "mps"
+    return "cpu"
+
+
+def check_device(device: str) -> None:
+    """A one-line JobConfigError when the job names a device this machine lacks."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise JobConfigError([("device", "cuda is not available on this machine; use auto or cpu")])
+    if device == "mps" and not mps_available():
+        raise JobConfigError([("device", "mps is not available on this machine; use auto or cpu")])
+    if device == "mps" and ddp.launched():
+        raise JobConfigError(
+            [("device", "mps trains in one process; run it without torchrun, or use cpu")]
+        )
 
 
 def default_run_dir(job: JobConfig) -> Path:
@@ -239,8 +272,8 @@ def prepare(
                 )
             ]
         )
-    if job.device == "cuda" and not torch.cuda.is_available():
-        raise JobConfigError([("device", "cuda is not available on this machine; use auto or cpu")])
+    check_device(job.device)
+    precision = resolve_precision(job.precision, device_kind(job.device))
     source = resolve_model(job.model)
     split = _split(job, load_data(job, source)) if given is None else _given_split(job, *given)
     if not len(split.dev):
@@ -285,6 +318,8 @@ def prepare(
         report_every=report_every or job.report_every,
         device=job.device,
         task=job.task,
+        precision=precision,
+        gradient_checkpointing=job.gradient_checkpointing,
         generation=GenerationPlan(
             every=job.generate_every,
             max_samples=job.max_gen_samples,

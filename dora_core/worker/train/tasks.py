@@ -29,7 +29,8 @@ from dora_core.worker.data import collate, encode
 from dora_core.worker.models import load_model
 from dora_core.worker.train.evaluation import evaluate
 from dora_core.worker.train.generation import evaluate_generative
-from dora_core.worker.train.plan import Plan
+from dora_core.worker.train.plan import Plan, device_kind
+from dora_core.worker.train.precision import base_dtype
 
 
 @dataclass
@@ -70,6 +71,12 @@ class Task:
     def load_model(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def base_dtype(self) -> torch.dtype | None:
+        """The dtype the frozen base is loaded in (bf16/fp16 on CUDA; None: as stored)."""
+        plan = self.plan
+        return base_dtype(plan.precision, device_kind(plan.device), plan.method.name)
+
     def collate(self, data: Any, indices: list[int]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -89,7 +96,7 @@ class ClassificationTask(Task):
 
     def load_model(self) -> nn.Module:
         names = self.plan.split.train.label_names
-        return load_model(self.plan.source, len(names), self.pad_id, names)
+        return load_model(self.plan.source, len(names), self.pad_id, names, dtype=self.base_dtype)
 
     def collate(self, data: Any, indices: list[int]) -> dict[str, torch.Tensor]:
         return collate(data, indices, self.pad_id)
@@ -135,7 +142,7 @@ class GenerativeTask(Task):
         return self.generates
 
     def load_model(self) -> nn.Module:
-        return load_model(self.plan.source, 0, self.pad_id, task=self.name)
+        return load_model(self.plan.source, 0, self.pad_id, task=self.name, dtype=self.base_dtype)
 
     def collate(self, data: Any, indices: list[int]) -> dict[str, torch.Tensor]:
         return gendata.collate_generative(data, indices, self.pad_id)

@@ -111,7 +111,9 @@ class LoraMethod(PeftMethod):
         scores, masks = {}, {}
         for name, layer in self._lora_layers().items():
             A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-            scores[name] = component_importance(A, B, torch.ones(A.shape[0])).tolist()
+            scores[name] = component_importance(
+                A, B, torch.ones(A.shape[0], device=A.device)
+            ).tolist()
             masks[name] = [1] * A.shape[0]
         return scores, masks
 
