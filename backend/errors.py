@@ -31,6 +31,10 @@ class Busy(RuntimeError):
     """429: the server is at a limit right now; the same request may work later."""
 
 
+class Unavailable(RuntimeError):
+    """503: something the answer needs (a cluster's job server) did not answer; retry later."""
+
+
 class Invalid(ValueError):
     """422: one or more (loc, message[, type]) entries pointing into the request."""
 
@@ -65,6 +69,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Busy)
     async def _busy(_request: Request, exc: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=429)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Invalid)
     async def _invalid(_request: Request, exc: Invalid) -> JSONResponse:

@@ -13,6 +13,7 @@ from backend.db import Database
 from backend.errors import install_handlers
 from backend.launcher import Launcher, LocalProcessLauncher
 from backend.leases import Lease
+from backend.ray_launcher import RayJobLauncher
 from backend.routers import artifacts, health, jobs, presets, queries, runs, stream, telemetry
 from backend.security import BodyLimit, InstanceCheck, RequestGuard
 from backend.services.jobs import JobQueue
@@ -23,7 +24,12 @@ from dora_core import __version__
 
 def create_app(settings: Settings | None = None, launcher: Launcher | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    launcher = launcher or LocalProcessLauncher()
+    if launcher is None:  # DORA_LAUNCHER: local subprocesses, or jobs on a Ray cluster
+        launcher = (
+            RayJobLauncher.from_settings(settings)
+            if settings.launcher == "ray"
+            else LocalProcessLauncher()
+        )
     # Where workers report: DORA_API_URL, else where this server really listens.
     address = ServerAddress(settings)
 
@@ -64,7 +70,12 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.state.settings = settings
     app.state.launcher = launcher
     install_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        # A remote worker's adapter upload (backend.services.adapters) has its own limit.
+        larger=[("PUT", r"/api/runs/\d+/adapter", settings.max_adapter_bytes)],
+    )
     # A worker of another API instance is refused before its body is read or its token checked.
     app.add_middleware(InstanceCheck, state=app.state)
     # Outside the body limit (refused requests are not read), inside CORS (its headers still apply).

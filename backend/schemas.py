@@ -328,6 +328,13 @@ class LogTail(BaseModel):
     lines: list[str]
 
 
+class AdapterStored(BaseModel):
+    """``PUT /api/runs/{id}/adapter``: what is now the run's adapter."""
+
+    files: list[str] = Field(description="The adapter's files, relative to its folder")
+    bytes: int = Field(description="Size of the uploaded zip")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     version: str

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -231,23 +232,36 @@ class InstanceCheck:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed."""
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    ``larger``: (method, path pattern, limit) of the endpoints that take more (a worker's
+    adapter upload); the first whose method and path match (``re.fullmatch``) sets the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: Sequence[tuple[str, str, int]] = ()):
         self.app, self.max_bytes = app, max_bytes
+        self.larger = [(method, re.compile(path), limit) for method, path, limit in larger]
 
-    def _too_large(self, size: int | str) -> HTTPException:
+    def limit(self, scope: Scope) -> int:
+        for method, path, limit in self.larger:
+            if scope["method"] == method and path.fullmatch(scope["path"]):
+                return limit
+        return self.max_bytes
+
+    @staticmethod
+    def _too_large(size: int | str, limit: int) -> HTTPException:
         return HTTPException(
-            413, f"request body of {size} bytes is over the limit of {self.max_bytes} bytes"
+            413, f"request body of {size} bytes is over the limit of {limit} bytes"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, str(self._too_large(int(declared)).detail))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, str(self._too_large(int(declared), limit).detail))
             return
         seen = 0
 
@@ -256,9 +270,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # FastAPI re-raises HTTPException from body reading: the client gets 413.
-                    raise self._too_large(f"more than {self.max_bytes}")
+                    raise self._too_large(f"more than {limit}", limit)
             return message
 
         await self.app(scope, limited, send)

@@ -9,10 +9,11 @@ which takes only what it is given and never reads the environment.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -70,6 +71,8 @@ _PROBLEMS = {
     "int_from_float": "is not an integer; unset it or fix it",
     "float_parsing": "is not a number; unset it or fix it",
     "greater_than": "must be positive",
+    "literal_error": "is not one of {expected}",
+    "value_error": "{error}",
 }
 
 
@@ -152,6 +155,8 @@ class EnvSettings(BaseSettings):
                 problems.append(f"{name}={value} is not a TCP port (1..65535)")
             else:
                 problem = _PROBLEMS.get(error["type"], error["msg"])
+                if error["type"] in _PROBLEMS:
+                    problem = problem.format(**error.get("ctx", {}))
                 problems.append(f"{name}={value!r} {problem}")
         return "; ".join(problems)
 
@@ -195,6 +200,18 @@ class Settings(EnvSettings):
     watch_interval_s: float = 1.0
     stream_interval_s: float = 0.5
     stream_keepalive_s: float = 15.0
+    # Where workers run: local subprocesses, or jobs on a Ray cluster (backend.ray_launcher).
+    launcher: Literal["local", "ray"] = "local"
+    # DORA_LAUNCHER=ray: the Ray head's job server (http://HEAD:8265).
+    ray_address: str = Field("", validate_default=True)
+    # The interpreter on the Ray nodes that has dora-toolkit installed.
+    ray_python: str = "python"
+    # Where a Ray worker writes its run dir, on its node: <this>/<API instance>/<run id>.
+    ray_runs_dir: str = Field("/tmp/dora-runs", validate_default=True)
+    # CPUs Ray reserves for each worker process (entrypoint_num_cpus = this x processes).
+    ray_cpus: Annotated[float, Field(gt=0)] = 1.0
+    # PUT /api/runs/{id}/adapter: the largest zip a worker may upload, and its unpacked size.
+    max_adapter_bytes: Positive = 1024 * 1024 * 1024
 
     @field_validator(
         "port",
@@ -203,6 +220,8 @@ class Settings(EnvSettings):
         "max_jobs",
         "max_queued",
         "worker_lease_s",
+        "ray_cpus",
+        "max_adapter_bytes",
         mode="before",
     )
     @classmethod
@@ -222,6 +241,38 @@ class Settings(EnvSettings):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("launcher", mode="before")
+    @classmethod
+    def _launcher(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("launcher")
+    @classmethod
+    def _ray_installed(cls, value: str) -> str:
+        if value == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("needs the Ray client here: pip install 'dora-toolkit[cluster]'")
+        return value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_needs_an_address(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if info.data.get("launcher") == "ray" and not value:
+            raise ValueError(
+                "must be set when DORA_LAUNCHER=ray: the Ray head's job server, "
+                "e.g. http://HEAD:8265"
+            )
+        return value
+
+    @field_validator("ray_runs_dir")
+    @classmethod
+    def _node_path(cls, value: str) -> str:
+        """A path on the Ray nodes, not here: kept as written, but it must be absolute
+        (a relative one would land wherever the node's raylet was started)."""
+        if not PurePosixPath(value).is_absolute():
+            raise ValueError("must be an absolute path (on the Ray nodes)")
         return value
 
     @field_validator("data_dir")

@@ -25,6 +25,7 @@ from backend.errors import NotFound
 from backend.launcher import Launcher
 from backend.leases import Lease
 from backend.models import Run, utcnow
+from backend.remote import is_remote
 from backend.services.jobs import record_exit
 from backend.services.spool import replay_spool
 from dora_core.contracts.wire import FINAL_STATUSES
@@ -98,7 +99,9 @@ def check_workers(db: Database, launcher: Launcher, lease: Lease) -> list[int]:
             continue
         if result is not None:
             with contextlib.suppress(NotFound):  # deleted meanwhile
-                if run_dir:  # what it could not send before it gave up on the API
+                # What it could not send before it gave up on the API; a remote worker's
+                # spool is on its node, not in the API's copy of the run dir (backend.remote).
+                if run_dir and not is_remote(launcher):
                     replay_spool(db, run_id, Path(run_dir))
                 record_exit(db, run_id, result)
             ended.append(run_id)

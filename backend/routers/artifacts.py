@@ -1,17 +1,22 @@
-"""The exported PEFT adapter of a run, as a zip."""
+"""The exported PEFT adapter of a run, as a zip: downloaded, or uploaded by a remote worker."""
 
 from __future__ import annotations
 
 import io
+import tempfile
 import zipfile
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from backend.deps import ReadSession, RunId
+from backend.deps import DB, AppSettings, ReadSession, RunId
 from backend.errors import NotFound
-from backend.routers.responses import NOT_FOUND
+from backend.routers.responses import NOT_FOUND, UNPROCESSABLE, WRITE_AUTH
+from backend.schemas import AdapterStored
+from backend.security import Ingester
+from backend.services.adapters import staging_dir, store_adapter
 from backend.services.runs import get_run, has_adapter
 
 router = APIRouter(prefix="/runs", tags=["artifacts"])
@@ -45,3 +50,43 @@ def adapter_zip(run_id: RunId, session: ReadSession) -> Response:
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="run-{run_id}-adapter.zip"'},
     )
+
+
+@router.put(
+    "/{run_id}/adapter",
+    dependencies=[Ingester],
+    responses={
+        **WRITE_AUTH,
+        **NOT_FOUND,
+        **UNPROCESSABLE,
+        413: {"description": "The zip is over DORA_MAX_ADAPTER_BYTES (1 GiB by default)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_adapter(
+    run_id: RunId, request: Request, db: DB, settings: AppSettings
+) -> AdapterStored:
+    """A worker's final adapter folder as a zip (the run's writer token), for workers that
+    share no disk with the API (a Ray cluster): it becomes the run's ``adapter/``, replacing
+    any before it, and Download adapter serves it. Entries that would land outside the
+    folder (``..``, absolute paths, symlinks) are refused with 422, and nothing changes."""
+    limit = settings.max_adapter_bytes
+    staging = await run_in_threadpool(staging_dir, settings)
+    with tempfile.NamedTemporaryFile(dir=staging, prefix="upload-", suffix=".zip") as f:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(
+                    413,
+                    f"the adapter zip is over the limit of {limit} bytes (DORA_MAX_ADAPTER_BYTES)",
+                )
+            await run_in_threadpool(f.write, chunk)
+        f.flush()
+        files = await run_in_threadpool(store_adapter, db, settings, run_id, Path(f.name), limit)
+    return AdapterStored(files=files, bytes=size)

@@ -8,10 +8,14 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dora_core import __version__
 from dora_core.contracts.rundir import JOB_FILE
 from dora_core.contracts.wire import ORPHANED_EXIT
+
+if TYPE_CHECKING:
+    from dora_core.contracts.job import JobConfig
 
 TRAIN_EPILOG = """\
 The job file (YAML or JSON) holds these fields; model and dataset are required:
@@ -24,6 +28,8 @@ also sets DORA_RUN_ID (report into that run), DORA_INGEST_TOKEN (its writer
 token) and DORA_API_INSTANCE (the API instance the run belongs to); a run
 created with --api keeps its token and the API's instance id in the run
 directory's telemetry-state.json, so --resume reports into the same run.
+DORA_UPLOAD_ADAPTER=1 (set by the API's Ray launcher: the API cannot read
+this run directory) uploads the final adapter to the API.
 Exit status: 0 done, 2 bad job (one line on stderr names the field and the
 fix), 1 training failed, 143 / 130 cancelled by SIGTERM / Ctrl-C (after a
 checkpoint; continue with --resume), 75 the API took no telemetry for
@@ -57,17 +63,22 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dora_core.contracts.job import JobConfigError, load_job_config
 
+    if args.job and args.job_env:
+        return _error("train", "give a job file or --job-env NAME, not both")
     try:
         if args.resume:
             run_dir = Path(args.resume)
             job = load_job_config(run_dir / JOB_FILE)
-        elif args.job:
-            job = load_job_config(args.job)
+        elif args.job or args.job_env:
+            job = load_job_config(args.job) if args.job else _job_from_env(args.job_env)
             run_dir = Path(args.output_dir) if args.output_dir else None
         else:
             return _error("train", "give a job file, or --resume RUN_DIR")
     except JobConfigError as exc:
         return _error("train", str(exc))
+    upload = _switch("DORA_UPLOAD_ADAPTER")
+    if isinstance(upload, str):
+        return _error("train", upload)
     if args.report_to is not None:
         from dora_core.contracts.job import parse_job_config
 
@@ -92,6 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         instance=os.environ.get("DORA_API_INSTANCE") or None,
         report_every=args.report_every,
         orphan_timeout=orphan_timeout,
+        upload_adapter=upload,
     )
     try:
         outcome = train(
@@ -115,6 +127,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if outcome.status == "orphaned":
         return ORPHANED_EXIT
     return 0
+
+
+def _job_from_env(name: str) -> JobConfig:
+    """The job as JSON in the environment variable ``name`` (the API's Ray launcher sends it
+    so: the cluster's nodes do not see the API's disk)."""
+    from dora_core.contracts.job import JobConfigError, parse_job_config
+
+    text = os.environ.get(name, "")
+    if not text.strip():
+        raise JobConfigError([("", f"--job-env {name}: the variable is not set")])
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobConfigError([("", f"--job-env {name}: not valid JSON: {exc}")]) from None
+    return parse_job_config(data)
+
+
+def _switch(name: str) -> bool | str:
+    """An on/off environment variable: 1/true/yes or 0/false/no (unset: off); a message
+    when it is something else."""
+    text = os.environ.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    return f"{name}={os.environ[name]!r}: use 1 (on) or 0 (off)"
 
 
 def _orphan_timeout(flag: str | None) -> float | str:
@@ -270,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("job", nargs="?", help="job file (.yaml, .yml or .json)")
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+    )
+    train.add_argument(
+        "--job-env",
+        metavar="NAME",
+        help="read the job (JSON) from this environment variable instead of a file",
     )
     train.add_argument("--output-dir", help="run directory (overrides output_dir in the job)")
     train.add_argument(

@@ -173,6 +173,7 @@ def test_the_openapi_document_declares_the_bearer_scheme_of_the_writes(client) -
         ("post", "/api/runs/{run_id}/register"),
         ("post", "/api/runs/{run_id}/telemetry"),
         ("post", "/api/runs/{run_id}/token"),
+        ("put", "/api/runs/{run_id}/adapter"),
         ("post", "/api/jobs"),
         ("post", "/api/jobs/{run_id}/cancel"),
     }

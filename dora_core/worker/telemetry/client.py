@@ -32,9 +32,10 @@ class ApiRejected(Exception):
 
 
 class ApiClient:
-    """The worker's calls: create a run, register modules, post a telemetry batch, and get a
-    new writer token for a resumed run. ``token`` is sent as the bearer token and
-    ``instance`` (the API instance this worker belongs to) as ``X-Dora-Instance``."""
+    """The worker's calls: create a run, register modules, post a telemetry batch, get a
+    new writer token for a resumed run, upload the final adapter. ``token`` is sent as the
+    bearer token and ``instance`` (the API instance this worker belongs to) as
+    ``X-Dora-Instance``."""
 
     def __init__(
         self,
@@ -68,8 +69,12 @@ class ApiClient:
         self._http.close()
 
     def _post(self, path: str, body: dict | None) -> dict:
+        return self._send("POST", path, json=body)
+
+    def _send(self, method: str, path: str, **content: Any) -> dict:
+        """One request; ``content``: httpx's ``json=`` or ``content=`` (+ ``headers=``)."""
         try:
-            response = self._http.post(path, json=body)
+            response = self._http.request(method, path, **content)
         except httpx.HTTPError as exc:  # connection refused, reset, timeout, ...
             raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 500 or response.status_code in (408, 429):
@@ -115,3 +120,12 @@ class ApiClient:
 
     def post_telemetry(self, run_id: int, body: dict) -> dict:
         return self._post(f"/api/runs/{run_id}/telemetry", body)
+
+    def put_adapter(self, run_id: int, archive: bytes) -> dict:
+        """PUT /api/runs/{id}/adapter: the run's adapter folder as a zip -> its ``files``."""
+        return self._send(
+            "PUT",
+            f"/api/runs/{run_id}/adapter",
+            content=archive,
+            headers={"Content-Type": "application/zip"},
+        )

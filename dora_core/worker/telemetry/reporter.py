@@ -45,6 +45,7 @@ from dora_core.worker.telemetry.client import (
 )
 from dora_core.worker.telemetry.journal import Journal
 from dora_core.worker.telemetry.trackers import Trackers
+from dora_core.worker.telemetry.upload import UPLOAD_TIMEOUT_S, upload_adapter
 
 log = logging.getLogger("dora.telemetry")
 
@@ -79,8 +80,11 @@ class Reporter:
         max_batch_records: int = 200,
         max_backoff: float = 5.0,
         trackers: Trackers | None = None,
+        upload_adapter: bool = False,
     ):
         self.api_url = api_url
+        # The API cannot read this run dir (a cluster node): send it the final adapter.
+        self._upload_adapter = upload_adapter and api_url is not None
         self._trackers = trackers or Trackers.none()
         self.journal = Journal(run_dir, spool=api_url is not None)
         if run_id is not None and (self.journal.run_id, self.journal.instance) != (
@@ -151,6 +155,34 @@ class Reporter:
 
     def _put(self, record: dict) -> None:
         self._queue.put(("record", record))
+
+    def upload_adapter(self, folder: Path, step: int) -> bool:
+        """Send the final adapter to the API when it cannot read this run dir (``upload.py``;
+        blocks while it retries). A failure is a warning and a ``log`` event, never a failed
+        run. True when the API has it; False also when uploading is not asked for."""
+        if not self._upload_adapter or self._client is None:
+            return False
+        run_id = self.journal.run_id
+        if run_id is None:
+            problem = "the run was never created at the API"
+        else:
+            client = ApiClient(
+                self._client.base_url,
+                self._client.token,
+                timeout=UPLOAD_TIMEOUT_S,
+                instance=self._client.instance,
+            )
+            try:
+                problem = upload_adapter(client, run_id, folder)
+            finally:
+                client.close()
+        if problem is None:
+            log.info("adapter uploaded to the API (run %s)", run_id)
+            return True
+        message = f"the adapter was not uploaded to the API: {problem}; it is still in {folder}"
+        log.warning(message)
+        self.event(step, "log", message, {"adapter_upload": "failed"})
+        return False
 
     def sync(self, timeout: float = 30.0) -> bool:
         """Wait until everything handed over so far is in ``metrics.jsonl`` (not necessarily
@@ -334,6 +366,9 @@ class NullReporter:
     def budget(self, *args: Any, **kwargs: Any) -> None: ...
     def scalars(self, *args: Any, **kwargs: Any) -> None: ...
     def event(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def upload_adapter(self, folder: Path, step: int) -> bool:
+        return False
 
     def close(self, timeout: float = 0.0) -> bool:
         return True

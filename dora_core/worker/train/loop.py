@@ -77,6 +77,8 @@ class Telemetry:
     close_timeout: float = 15.0  # seconds to wait for the API at the end before leaving a spool
     # Stop (checkpointed, resumable) once the API has taken nothing for this long.
     orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT_S
+    # The API cannot read the run dir (a cluster node): upload the final adapter to it.
+    upload_adapter: bool = False
 
 
 @dataclass
@@ -455,6 +457,8 @@ class Worker:
             )
             for line in lines:
                 log.info("%s", line)
+            if adapter.is_dir():  # before "finished": a completed run's adapter is there
+                self.reporter.upload_adapter(adapter, self.step)
         ddp.barrier()
         key = self.task.best_key
         shown = f"dev {key} {metrics[key]:.4f}" if key in metrics else "finished"
@@ -478,6 +482,7 @@ def _make_reporter(
         run_name=job.display_name,
         config=config,
         trackers=Trackers(job.report_to, run_dir, job.display_name, config) if trackers else None,
+        upload_adapter=telemetry.upload_adapter,
     )
 
 
