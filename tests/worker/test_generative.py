@@ -308,14 +308,15 @@ def test_merge_loads_with_plain_transformers_and_generates_the_same_tokens(
         torch.testing.assert_close(got, merged(**batch).logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.mark.parametrize(
+    ("family", "method"), [("t5", "dora"), ("bart", "dora"), ("t5", "lora"), ("bart", "adalora")]
+)
 def test_a_seq2seq_job_trains_and_its_adapter_reloads_in_peft(
-    family, tiny_t5, tiny_bart, pairs_file, tmp_path
+    family, method, tiny_t5, tiny_bart, pairs_file, tmp_path
 ) -> None:
     folder = {"t5": tiny_t5, "bart": tiny_bart}[family]
-    out = run(
-        gen_job(folder, pairs_file, tmp_path / "run", task="seq2seq", max_steps=20, eval_every=10)
-    )
+    job = gen_job(folder, pairs_file, tmp_path / "run", task="seq2seq", max_steps=20, eval_every=10)
+    out = run({**job, "method": method})
     assert out.result["best"]["key"] == "eval/rougeL"
     adapter = tmp_path / "run" / ADAPTER_DIR
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -328,14 +329,42 @@ def test_a_seq2seq_job_trains_and_its_adapter_reloads_in_peft(
         else {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
     )
     assert targets <= want and len(targets) >= 4
-    assert any(".decoder." in f".{t}" for t in config["target_modules"])
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        adapted = [k for k in f.keys() if "lora_A" in k]  # noqa: SIM118
+    assert any(".encoder." in k for k in adapted) and any(".decoder." in k for k in adapted)
     tok = _seq2seq_tokenizer()
     enc = tok(["the film was really good", "a dull plot"], padding=True, return_tensors="pt")
     labels = tok(["good", "bad"], return_tensors="pt")["input_ids"]
-    batch = {**enc, "labels": labels}
+    # Decoder inputs rather than labels: PEFT's AdaLoRA, loaded for inference, fails on a
+    # forward that computes a loss (it has no trainable adapter for its orthogonal penalty).
+    from transformers import AutoModelForSeq2SeqLM
+
+    shift = AutoModelForSeq2SeqLM.from_pretrained(folder).prepare_decoder_input_ids_from_labels
+    batch = {**enc, "decoder_input_ids": shift(labels=labels)}
     want_logits = trained_logits(tmp_path / "run", batch)
     got = peft_logits(folder, adapter, "AutoModelForSeq2SeqLM", batch)
     torch.testing.assert_close(got, want_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_full_fine_tuning_of_a_causal_lm_merges_to_its_own_weights(
+    tiny_llama, pairs_file, tmp_path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = run(
+        gen_job(tiny_llama, pairs_file, tmp_path / "run", method="full", max_steps=10, lr=1e-3)
+    )
+    assert out.result["best"]["key"] == "eval/rougeL"
+    assert out.result["params"]["trainable"] == out.result["params"]["total"]
+    assert main(["merge", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    batch = causal_batch(_tokenizer(bos_eos=True))
+    with torch.no_grad():
+        assert not torch.allclose(merged(**batch).logits, base(**batch).logits)  # it trained
+        torch.testing.assert_close(merged(**batch).logits, trained_logits(tmp_path / "run", batch))
 
 
 def test_dora_generate_completes_a_prompt_and_refuses_the_other_task(
