@@ -6,7 +6,16 @@ does not reach it and a restarted API finds it still running). A cluster
 launcher would implement the same four verbs with job ids as handles.
 
 The command is fixed here, never taken from a request:
-``<python> -m dora_core.worker.cli train <run dir>/job.json``.
+``<python> -m dora_core.worker.cli train <run dir>/job.json``; a job of N > 1
+processes runs it under ``<python> -m torch.distributed.run --standalone
+--nproc_per_node N`` (torchrun: N DDP ranks, only rank 0 reports), behind
+the same handle: torchrun's pid.
+
+torchrun starts each rank in a session of its own, so the worker's process
+group holds torchrun alone. A stop (SIGTERM) goes to torchrun, which passes
+it on to every rank (each checkpoints and exits); the SIGKILL that follows
+a stop grace goes to torchrun *and* every process below it, found through
+``/proc``, so no rank outlives a cancel or keeps its GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class LaunchSpec:
     run_dir: Path
     log_file: Path
     env: Mapping[str, str]  # DORA_API_URL, DORA_RUN_ID, DORA_INGEST_TOKEN, DORA_DATA_DIR
+    processes: int = 1  # worker processes (DDP ranks under torchrun when > 1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,25 @@ def _start_ticks(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux ``/proc``), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def _parse(handle: str) -> tuple[int, str]:
     kind, pid, ticks = handle.split(":")
     if kind != "local":
@@ -101,6 +130,15 @@ class LocalProcessLauncher:
         self._children: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
 
+    def command(self, spec: LaunchSpec) -> list[str]:
+        """The worker's argv: the worker module, or torchrun running N copies of it."""
+        worker = [*self.argv_prefix, "train", str(spec.job_file)]
+        if spec.processes <= 1:
+            return worker
+        python, *program = worker  # torchrun takes `-m module` or a script, then its args
+        torchrun = [python, "-m", "torch.distributed.run", "--standalone"]
+        return [*torchrun, f"--nproc_per_node={spec.processes}", *program]
+
     def start(self, spec: LaunchSpec) -> str:
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         env.update(spec.env)
@@ -108,7 +146,7 @@ class LocalProcessLauncher:
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_file, "ab") as log:
             proc = subprocess.Popen(
-                [*self.argv_prefix, "train", str(spec.job_file)],
+                self.command(spec),
                 cwd=spec.run_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -135,12 +173,12 @@ class LocalProcessLauncher:
             return
         self._signal(pid, signal.SIGTERM)
         if grace_s <= 0:
-            self._signal(pid, signal.SIGKILL)
+            self._kill_tree(pid)
             return
 
         def _escalate() -> None:
             if self.wait(handle, grace_s) is None:
-                self._signal(pid, signal.SIGKILL)
+                self._kill_tree(pid)
 
         threading.Thread(target=_escalate, name=f"stop-worker-{pid}", daemon=True).start()
 
@@ -157,6 +195,17 @@ class LocalProcessLauncher:
         """Signal the worker's whole process group (it leads its own session)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+    @classmethod
+    def _kill_tree(cls, pid: int) -> None:
+        """SIGKILL the worker's group and every process below it (torchrun's ranks lead
+        sessions of their own); the descendants are listed first, while they are still
+        the worker's children."""
+        below = _descendants(pid)
+        cls._signal(pid, signal.SIGKILL)
+        for child in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
 
     @staticmethod
     def _alive(pid: int, ticks: str) -> bool:

@@ -110,6 +110,9 @@ class Run(Base):
     # the worker's end while the lease holds. Set when it takes the run out of the queue.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    # The GPUs the local launcher reserved for the run's worker, {"machine", "ids"}
+    # (backend.gpus); held while the worker is live (launched, not seen to end).
+    gpu_reservation: Mapped[dict[str, Any] | None]
     # SHA-256 of the run's writer token: its worker's register and telemetry calls need the
     # token (or DORA_API_TOKEN). Issued when a launched worker starts, when a worker started
     # by hand creates its run, and again on request for a resumed worker.

@@ -26,6 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from backend.gpus import parse_ids
 from dora_core.contracts.hosts import is_loopback_host
 
 ENV_PREFIX = "DORA_"
@@ -189,6 +190,9 @@ class Settings(EnvSettings):
     sqlite_busy_timeout_s: float = 30.0
     # SIGTERM -> SIGKILL delay when cancelling a worker (it checkpoints first).
     cancel_grace_s: PositiveSeconds = 15.0
+    # GPUs the local launcher hands out, one set per job (DORA_GPUS=0,1,... as
+    # CUDA_VISIBLE_DEVICES takes them, or none); unset: backend.gpus finds them.
+    gpus: Annotated[tuple[str, ...] | None, NoDecode] = None
     # Workers this API runs at once; further launches wait in a FIFO queue (see worker_threads).
     max_jobs: Positive = 2
     # Launches that may wait for a slot; one beyond it is refused (429) and creates nothing.
@@ -295,6 +299,12 @@ class Settings(EnvSettings):
         if value or data_dir is None:
             return value
         return (data_dir / ("models" if info.field_name == "model_roots" else "datasets"),)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_ids(cls, value: Any) -> Any:
+        """``DORA_GPUS=0,1`` -> ("0", "1"); ``none`` -> (); a sequence passes as it is."""
+        return parse_ids(value) if isinstance(value, str) else value
 
     @property
     def configured_url(self) -> str:

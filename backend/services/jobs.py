@@ -2,8 +2,9 @@
 
 The API decides where a job writes (``<data>/runs/<id>``); the request only
 says what to train. Launches wait in a FIFO queue (``JobQueue``) until one of
-the ``DORA_MAX_JOBS`` worker slots is free. The queue lives in the database,
-so several API processes on one database share it. When a worker ends
+the ``DORA_MAX_JOBS`` worker slots is free (and, for the local launcher, the
+GPUs it asks for: backend.gpus). The queue lives in the database, so several
+API processes on one database share it. When a worker ends
 without reporting a final status, ``record_exit`` marks the run from its
 exit status and the log's last lines.
 """
@@ -22,8 +23,9 @@ from sqlalchemy.orm import Session
 from backend.address import ServerAddress
 from backend.db import Database
 from backend.errors import Busy, Conflict, Invalid, NotFound
+from backend.gpus import GpuInventory
 from backend.jobpaths import confine
-from backend.launcher import Launcher, LaunchSpec, WorkerExit
+from backend.launcher import Launcher, LaunchSpec, LocalProcessLauncher, WorkerExit
 from backend.leases import Lease
 from backend.models import Event, Instance, Run, utcnow
 from backend.services.runs import (
@@ -38,7 +40,7 @@ from backend.services.runs import (
 )
 from backend.settings import Settings
 from dora_core.contracts.datasource import is_hf_spec
-from dora_core.contracts.job import JobConfig
+from dora_core.contracts.job import JobConfig, reserved_gpus, worker_processes
 from dora_core.contracts.presets import DATASETS, MODELS
 from dora_core.contracts.rundir import JOB_FILE, RESULT_FILE, WORKER_LOG
 from dora_core.contracts.wire import FINAL_STATUSES
@@ -107,8 +109,14 @@ class JobQueue:
         instance_id: str,
         address: ServerAddress | None = None,
         lease: Lease | None = None,
+        gpus: GpuInventory | None = None,
     ):
         self.db, self.settings, self.launcher = db, settings, launcher
+        # The GPUs the local launcher hands out (DORA_GPUS, else found at start-up); a
+        # cluster launcher places its jobs itself.
+        self.gpus = gpus
+        if gpus is None and isinstance(launcher, LocalProcessLauncher):
+            self.gpus = GpuInventory.discover(settings.gpus)
         # Where workers report (DORA_API_URL): the server's real address (backend.address).
         self.address = address or ServerAddress.configured(settings)
         self.instance_id = instance_id  # handed to each worker (DORA_API_INSTANCE)
@@ -125,6 +133,9 @@ class JobQueue:
         already waiting. Returns at once; the caller runs ``start_queued``.
         """
         config = checked_config(data, self.settings)
+        refusal = self.gpus.refusal(config.gpu_count) if self.gpus is not None else None
+        if refusal:  # it could never start here: refused now, not queued forever
+            raise Invalid.at(("body", "gpus" if config.gpus else "device"), refusal)
         with self.db.writer() as session:
             lock_queue(session)
             waiting = session.scalar(select(func.count()).select_from(Run).where(waiting_clause()))
@@ -179,7 +190,12 @@ class JobQueue:
         return started
 
     def _claim_next(self) -> tuple[Run, str] | None:
-        """Take the oldest waiting run out of the queue if a slot is free.
+        """Take the oldest waiting run out of the queue if a slot is free, and its GPUs.
+
+        The queue keeps its order: when the oldest waiting run's GPUs are not
+        free (held by live runs on this machine), it waits and so do the runs
+        behind it, however few GPUs they ask for; it starts once enough
+        workers have ended. Its GPU ids are stored with it (``gpu_reservation``).
 
         ``launched_at``, the writer token's hash and this process's lease are
         stored before its worker starts, so from here on it counts as live,
@@ -197,31 +213,62 @@ class JobQueue:
             )
             if live >= self.settings.max_jobs:
                 return None
-            # A run being cancelled or deleted right now is skipped, not waited for.
-            run = session.scalars(
+            # A run being cancelled or deleted right now is skipped, not waited for; so is
+            # one needing more GPUs than this machine has (queued under another inventory,
+            # or for another API's machine): it would hold the queue up forever.
+            waiting = session.scalars(
                 select(Run)
                 .where(waiting_clause())
                 .order_by(Run.id)
-                .limit(1)
                 .with_for_update(skip_locked=True)
-            ).first()
+            )
+            run = next((r for r in waiting if self._could_run(r)), None)
             if run is None:
                 return None
+            needed = reserved_gpus(run.config)
+            if self.gpus is not None and needed:
+                held = session.scalars(
+                    select(Run.gpu_reservation).where(
+                        Run.launched_at.is_not(None),
+                        Run.worker_exited_at.is_(None),
+                        Run.gpu_reservation.is_not(None),
+                    )
+                )
+                picked = self.gpus.pick(needed, self.gpus.reserved_here(held))
+                if picked is None:  # first in line, but its GPUs are busy: everyone waits
+                    return None
+                run.gpu_reservation = self.gpus.reservation(picked)
             token = new_token(run)
             run.launched_at = run.updated_at
             self.lease.grant(run, run.updated_at)
             session.commit()
         return run, token
 
+    def _could_run(self, run: Run) -> bool:
+        """Whether this machine has the GPUs the run asks for (free or not)."""
+        return self.gpus is None or self.gpus.refusal(reserved_gpus(run.config)) is None
+
     def _start(self, run: Run, token: str, api_url: str) -> None:
         """Start the claimed run's worker, holding its row; a start that fails (OSError)
         fails the run.
+
+        With the local launcher's inventory, the worker sees only its own GPUs
+        (``CUDA_VISIBLE_DEVICES``: the ids it reserved, empty for none, so a job
+        without GPUs never lands on another's), and a job of several processes
+        shares its thread budget among them.
 
         A run cancelled since it was claimed is not started (its slot is freed);
         a deleted one is gone. The row lock makes a cancel or delete that comes
         during the start wait for the handle, and then stop the worker.
         """
         run_dir = Path(run.run_dir) if run.run_dir else self.settings.runs_dir / str(run.id)
+        processes = worker_processes(run.config)
+        threads = {
+            name: str(max(1, int(value) // processes))
+            for name, value in self.settings.worker_thread_env(os.environ).items()
+        }
+        gpu_ids = (run.gpu_reservation or {}).get("ids", [])  # reserved by _claim_next
+        visible = {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)} if self.gpus is not None else {}
         spec = LaunchSpec(
             run_id=run.id,
             job_file=run_dir / JOB_FILE,
@@ -233,8 +280,10 @@ class JobQueue:
                 "DORA_INGEST_TOKEN": token,
                 "DORA_API_INSTANCE": self.instance_id,
                 "DORA_DATA_DIR": str(self.settings.data_dir),
-                **self.settings.worker_thread_env(os.environ),
+                **threads,
+                **visible,
             },
+            processes=processes,
         )
         with self.db.writer() as session:
             try:

@@ -97,9 +97,10 @@ STAND_IN = textwrap.dedent(
     job = json.load(open(job_file))
     keys = ("DORA_API_URL", "DORA_RUN_ID", "DORA_INGEST_TOKEN", "DORA_API_TOKEN",
             "DATABASE_URL", "DORA_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "DORA_API_INSTANCE")
+            "DORA_API_INSTANCE", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK")
     print("stand-in", command, job_file, "cwd=" + os.getcwd(), flush=True)
-    print("env " + json.dumps({k: os.environ.get(k) for k in keys}), flush=True)
+    env = {k: os.environ.get(k) for k in keys}
+    print("env " + json.dumps({**env, "pid": os.getpid()}), flush=True)
     mode = job["name"]
     if mode == "exit-3":
         print("Traceback (most recent call last):", file=sys.stderr)

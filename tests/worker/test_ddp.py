@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from dora_core.worker.telemetry import read_metrics
-from tests.conftest import free_port
+from tests.conftest import free_port, start_api, stop_server, wait_until
 from tests.worker.conftest import tiny_job
 from tests.worker.fake_api import FakeApi
 
@@ -95,3 +96,50 @@ def test_torchrun_two_processes_generative(tiny_llama, tmp_path) -> None:
     )  # fmt: skip
     assert result["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
     assert [json.loads(s)["prediction"] for s in samples] == [r["prediction"] for r in rows]
+
+
+def test_a_two_process_gloo_job_through_the_api_reports_once(
+    tiny_bert, sentiment_csv, tmp_path
+) -> None:
+    """`processes: 2` through POST /api/jobs: the API's launcher starts the worker under
+    torchrun (no GPU: gloo ranks); the run ends completed with its telemetry stored once."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DORA_DATA_DIR": str(tmp_path / "data"),
+        "DORA_MODEL_ROOTS": str(tiny_bert.parent),
+        "DORA_DATASET_ROOTS": str(sentiment_csv.parent),
+        "DORA_GPUS": "none",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    for name in ("DORA_API_URL", "DATABASE_URL", "DORA_API_TOKEN"):
+        env.pop(name, None)
+    api = start_api(port, env, tmp_path / "api.log")
+    try:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        job = tiny_job(tiny_bert, sentiment_csv, tmp_path / "unused", processes=2, epochs=1)
+        for name in ("output_dir", "max_steps"):
+            del job[name]
+        created = http.post("/api/jobs", json=job)
+        assert created.status_code == 201, created.text
+        run_id = created.json()["run_id"]
+
+        def ended() -> dict | None:
+            run = http.get(f"/api/runs/{run_id}").json()
+            return run if run["exit_code"] is not None else None
+
+        run = wait_until("the job to end", ended, timeout=300, every=0.5)
+        log = http.get(f"/api/jobs/{run_id}/log", params={"tail": 400}).json()["lines"]
+        assert (run["status"], run["exit_code"]) == ("completed", 0), log[-40:]
+        # 192 training examples, 8 per rank-batch: one epoch is 12 steps on 2 ranks (24 on 1).
+        assert run["total_steps"] == 12
+        assert any("training on cpu (2 processes)" in line for line in log), log[-40:]
+        loss = http.get(f"/api/runs/{run_id}/scalars", params={"keys": "loss"}).json()
+        series = loss["series"]["loss"]
+        assert series["steps"] == list(range(1, 13))  # each step stored once
+        kinds = [e["kind"] for e in http.get(f"/api/runs/{run_id}/events").json()]
+        assert kinds.count("started") == 1 and kinds.count("finished") == 1, kinds
+        assert run["num_modules"] == 12  # one registration: 2 layers x 6 projections
+    finally:
+        stop_server(api)
