@@ -105,7 +105,7 @@ def _final(url: str, run_id: int) -> dict:
             and (r["exit_code"] is not None or r["error"] is not None)
             and r
         ),
-        timeout=30,
+        timeout=120,  # generous: only a failing test waits it out
     )
 
 
@@ -149,7 +149,7 @@ def test_a_dead_worker_is_marked_once_by_the_api_that_started_it(two_apis) -> No
             lambda run_id=run_id: next(
                 (n for n in _notes(marks, "start") if n["run"] == run_id), None
             ),
-            timeout=30,
+            timeout=120,
         )
         time.sleep(0.5)  # both servers have seen it running
         os.kill(note["pid"], signal.SIGKILL)
