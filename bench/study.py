@@ -3,6 +3,7 @@
     .venv/bin/python bench/study.py --quick          # one dataset, one seed: < 15 min on 2 cores
     .venv/bin/python bench/study.py                  # the full grid (hours; resumable)
     .venv/bin/python bench/study.py --api http://127.0.0.1:8000   # every cell is a dashboard run
+    .venv/bin/python bench/study.py --generative --jobs 2   # bbc-summary with SmolLM2 (~2 h)
 
 First the learning rate is tuned per dataset and method on one seed's dev
 split (the same search space for every method), then every cell of
@@ -12,7 +13,10 @@ process per cell (no state leaks between cells; a crash loses one cell).
 Finished cells are appended to ``docs/results/<grid>-search.jsonl`` and
 ``<grid>-cells.jsonl``; rerunning the same command skips them, and a cell
 that was interrupted runs again from scratch. At the end the report
-``docs/results.md`` is regenerated (bench/study_report.py).
+``docs/results.md`` is regenerated (bench/study_report.py). A cell's record
+carries its task's dev metrics (``TASK_METRICS``: accuracy and macro-F1, or
+ROUGE-1/2/L and perplexity for the generative grid), its dev loss, parameter
+counts, time and final rank pattern.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.study_generative import GENERATIVE  # noqa: E402
 from bench.study_grid import (  # noqa: E402
     GRIDS,
+    HEADLINE,
+    TASK_METRICS,
     Cell,
     Grid,
     Progress,
@@ -76,19 +83,19 @@ class Files:
 # --- the model's layout (for rank patterns) ---------------------------------------------------
 
 
-def module_layout(model: str) -> dict[str, dict[str, Any]]:
+def module_layout(model: str, task: str = "classification") -> dict[str, dict[str, Any]]:
     """{module name: {layer, type, shape}} of the adapted modules, from a weightless skeleton
-    built with the worker's own target rules (the same call its preflight makes)."""
+    of the task's model class built with the worker's own target rules (the same call its
+    preflight makes)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from dora_core.layer import layer_shape
     from dora_core.targets import block_position, find_targets
-    from dora_core.worker.models import load_config, resolve_model
+    from dora_core.worker.models import auto_class, load_config, resolve_model
 
     config = load_config(resolve_model(model))
     with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(config)
+        skeleton = auto_class(task).from_config(config)
     layout = {}
     for name in find_targets(skeleton, None):
         layer, mtype = block_position(skeleton, name)
@@ -132,19 +139,21 @@ def live_adapter_params(live: dict[str, int], layout: dict[str, dict[str, Any]])
     )
 
 
-def dev_history(run_dir: Path) -> list[dict[str, float]]:
-    """Every dev evaluation of a run (step, accuracy, macro-F1) from its metrics.jsonl."""
+def dev_history(run_dir: Path, task: str = "classification") -> list[dict[str, float]]:
+    """Every dev evaluation of a run from its metrics.jsonl: the step and the task's metrics
+    that evaluation has (a generative run's ROUGE only where it generated)."""
     from dora_core.contracts.rundir import read_metrics
 
-    return [
-        {
-            "step": rec["step"],
-            "accuracy": rec["values"]["eval/accuracy"],
-            "macro_f1": rec["values"]["eval/macro_f1"],
-        }
-        for rec in read_metrics(run_dir)
-        if rec.get("type") == "scalars" and "eval/accuracy" in rec.get("values", {})
-    ]
+    history = []
+    for rec in read_metrics(run_dir):
+        values = rec.get("values", {}) if rec.get("type") == "scalars" else {}
+        if "eval/loss" in values:
+            row = {"step": rec["step"]}
+            row.update(
+                {m: values[f"eval/{m}"] for m in TASK_METRICS[task] if f"eval/{m}" in values}
+            )
+            history.append(row)
+    return history
 
 
 # --- one cell ------------------------------------------------------------------------------
@@ -221,7 +230,8 @@ class CellRunner:
     def record(
         self, cell: Cell, result: dict[str, Any], run_dir: Path, wall: float
     ) -> dict[str, Any]:
-        """One JSONL line: what was run, the dev metrics, parameter counts, time, ranks."""
+        """One JSONL line: what was run, the task's dev metrics (``TASK_METRICS``) and dev
+        loss, parameter counts, time, ranks."""
         params = result["params"]
         live: dict[str, int] | None
         if cell.method == "dora":
@@ -231,6 +241,7 @@ class CellRunner:
         else:
             live = {name: cell.budget for name in self.layout}
         job = cell.job(self.grid)
+        task = self.grid.task
         try:
             shown_dir = str(run_dir.relative_to(ROOT))
         except ValueError:
@@ -239,6 +250,7 @@ class CellRunner:
             "key": cell.key(self.grid),
             "grid": self.grid.name,
             "phase": cell.phase,
+            "task": task,
             "dataset": cell.dataset,
             "method": cell.method,
             "budget": cell.budget,
@@ -250,8 +262,7 @@ class CellRunner:
             "max_length": job["max_length"],
             "train_size": result["train_size"],
             "dev_size": result["dev_size"],
-            "accuracy": result["metrics"]["accuracy"],
-            "macro_f1": result["metrics"]["macro_f1"],
+            **{m: result["metrics"][m] for m in TASK_METRICS[task]},
             "dev_loss": result["metrics"]["loss"],
             "adapter_params": params["adapter"],
             "live_adapter_params": (
@@ -269,7 +280,7 @@ class CellRunner:
             "rank_pattern": rank_rows(live, self.layout)
             if live and cell.method != "lora"
             else None,
-            "evals": dev_history(run_dir),
+            "evals": dev_history(run_dir, task),
             "run_dir": shown_dir,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -291,7 +302,11 @@ class Study(Progress):
     """Which cells of a grid still have to run, in order, given what the result files hold."""
 
     def chosen_lr(self, dataset: str) -> dict[str, float] | None:
-        """Each method's lr for ``dataset`` once its whole search is finished, else None."""
+        """Each method's lr for ``dataset`` once its whole search is finished, else None. A
+        one-point search space is the lr from the start, so the grid's other seeds need not
+        wait for it (the generative grid: no core idles while the last search cell runs)."""
+        if len(self.grid.lrs) == 1:
+            return dict.fromkeys(self.grid.methods, self.grid.lrs[0])
         cells = [c for c in search_cells(self.grid) if c.dataset == dataset]
         if any(c.key(self.grid) not in self.search_done for c in cells):
             return None
@@ -333,6 +348,7 @@ class Study(Progress):
         known its grid cells are counted with a stand-in lr (the cost does not depend on
         it), less the ones the search will provide."""
         todo = [c for c in search_cells(self.grid) if self._open(c)]
+        keys = {c.key(self.grid) for c in todo}
         for plan in self.grid.datasets:
             known = self.chosen_lr(plan.name)
             lrs = known or dict.fromkeys(self.grid.methods, self.grid.lrs[0])
@@ -341,8 +357,8 @@ class Study(Progress):
                     self.grid.search_seed,
                     self.grid.search_budget,
                 )
-                if known is None and from_search:
-                    continue
+                if (known is None and from_search) or cell.key(self.grid) in keys:
+                    continue  # the search provides it
                 if self._open(cell) and cell.key(self.grid) not in self.search_done:
                     todo.append(cell)
         return len(todo), sum(c.cost(self.grid) for c in todo)
@@ -392,7 +408,7 @@ def run_study(
     from tqdm import tqdm
 
     started, clock = datetime.now(timezone.utc), time.monotonic()
-    layout = module_layout(grid.model)
+    layout = module_layout(grid.model, grid.task)
     study = study or Study(grid, files)
     study.reuse_search()
     runner = CellRunner(grid, files, layout, api=api, threads=threads)
@@ -456,8 +472,9 @@ def run_study(
                     ran += 1
                     log_session()
                     bar.update(round(cell.cost(grid)))
+                    headline = HEADLINE[grid.task]
                     bar.set_postfix_str(
-                        f"{ran}/{todo_cells} cells; {cell.label}: acc {record['accuracy']:.3f}"
+                        f"{ran}/{todo_cells} cells; {cell.label}: {headline} {record[headline]:.3f}"
                     )
     except (KeyboardInterrupt, Interrupted):
         runner.stop()  # SIGTERM to the running workers; their cells are not recorded
@@ -500,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="round 2: DEM and b(0) ablations, head_lr, lr at b(T)=2, 3 epochs (needs the full grid)",
     )
+    parser.add_argument(
+        "--generative",
+        action="store_true",
+        help="the generative grid: bbc-summary with SmolLM2-135M, ROUGE and perplexity (~2 h, --jobs 2)",
+    )
     parser.add_argument("--api", metavar="URL", help="report every cell to this API (dashboard)")
     parser.add_argument(
         "--jobs",
@@ -532,7 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--threads: must be at least 1")
     if args.api and not args.api.startswith(("http://", "https://")):
         return fail(f"--api: {args.api!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
-    grid = ROUND2 if args.round2 else GRIDS["quick" if args.quick else "full"]
+    if sum((args.quick, args.round2, args.generative)) > 1:
+        return fail("--quick, --round2 and --generative are separate grids: give one")
+    if args.generative:
+        grid = GENERATIVE
+    else:
+        grid = ROUND2 if args.round2 else GRIDS["quick" if args.quick else "full"]
     problem = _check_presets(grid)
     if problem:
         return fail(problem)

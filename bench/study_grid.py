@@ -24,6 +24,21 @@ from typing import Any
 
 METHODS = ("dora", "lora", "adalora")
 
+# The dev metrics a study record carries, by the job's task (result.json's ``metrics``, whose
+# ``loss`` every task has and the record keeps as ``dev_loss``), and the one the progress
+# line shows. Generative perplexity is exp(dev loss): lower is better.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "causal-lm": ("rouge1", "rouge2", "rougeL", "perplexity"),
+    "seq2seq": ("rouge1", "rouge2", "rougeL", "perplexity"),
+}
+HEADLINE = {"classification": "accuracy", "causal-lm": "rougeL", "seq2seq": "rougeL"}
+
+
+def task_of(record: dict[str, Any]) -> str:
+    """A record's (or a job's) task; the first studies' records predate the field."""
+    return str(record.get("task", "classification"))
+
 
 @dataclass(frozen=True)
 class DatasetPlan:
@@ -71,6 +86,11 @@ class Grid:
 
     def plan(self, dataset: str) -> DatasetPlan:
         return next(p for p in self.datasets if p.name == dataset)
+
+    @property
+    def task(self) -> str:
+        """What every cell trains (the worker's ``task`` field; classification by default)."""
+        return task_of(self.common)
 
 
 @dataclass(frozen=True)
@@ -162,9 +182,12 @@ def final_cells(grid: Grid, dataset: str, best_lr: dict[str, float]) -> list[Cel
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
-    """What the lr search maximises: dev macro-F1 (robust to the majority class on
-    sms-spam's 13% spam), then accuracy."""
-    return (record["macro_f1"], record["accuracy"])
+    """What the lr search maximises. Classification: dev macro-F1 (robust to the majority
+    class on sms-spam's 13% spam), then accuracy. Generative: ROUGE-L (the worker's best
+    metric for a generating run), then the lower dev loss."""
+    if task_of(record) == "classification":
+        return (record["macro_f1"], record["accuracy"])
+    return (record["rougeL"], -record["dev_loss"])
 
 
 def select_lr(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], float]:

@@ -14,7 +14,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.report import heatmaps, lrsearch, parameters, round2, stuck, tables, walltime
+from bench.report import (
+    generative,
+    heatmaps,
+    lrsearch,
+    parameters,
+    round2,
+    stuck,
+    tables,
+    walltime,
+)
 from bench.report.common import ROOT, GridResults
 from bench.study_grid import GRIDS, Grid
 
@@ -48,6 +57,7 @@ def write_report(
         *FULL_GRID_CAVEATS,
         "",
         *round2.section(results_dir),
+        *generative.section(results_dir),
         "## Quick grid",
         "",
         "A smoke-sized version of the same pipeline (one dataset, one seed, a two-point lr "

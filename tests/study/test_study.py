@@ -49,7 +49,7 @@ class FakeRunner:
 def fake(monkeypatch, tmp_path):
     FakeRunner.calls = []
     monkeypatch.setattr(study, "CellRunner", FakeRunner)
-    monkeypatch.setattr(study, "module_layout", lambda model: {})
+    monkeypatch.setattr(study, "module_layout", lambda model, task: {})
     return study.Files(GRID, tmp_path / "results", tmp_path / "runs")
 
 
