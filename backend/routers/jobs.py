@@ -86,7 +86,15 @@ def cancel_job(run_id: RunId, jobs: Jobs) -> RunPublic:
     return to_public(jobs.cancel(run_id))
 
 
-@router.get("/{run_id}/log", responses=NOT_FOUND)
-def job_log(run_id: RunId, db: DB, tail: Annotated[int, Query(ge=0, le=100_000)] = 200) -> LogTail:
-    """The last ``tail`` lines of the worker's stdout and stderr."""
-    return LogTail(lines=log_tail(db, run_id, tail))
+@router.get(
+    "/{run_id}/log",
+    responses={**NOT_FOUND, 503: {"description": "The cluster running the worker did not answer"}},
+)
+def job_log(
+    run_id: RunId,
+    db: DB,
+    request: Request,
+    tail: Annotated[int, Query(ge=0, le=100_000)] = 200,
+) -> LogTail:
+    """The last ``tail`` lines of the worker's stdout and stderr (a Ray job's: from Ray)."""
+    return LogTail(lines=log_tail(db, run_id, tail, request.app.state.launcher))

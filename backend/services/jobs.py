@@ -22,12 +22,13 @@ from sqlalchemy.orm import Session
 
 from backend.address import ServerAddress
 from backend.db import Database
-from backend.errors import Busy, Conflict, Invalid, NotFound
+from backend.errors import Busy, Conflict, Invalid, NotFound, Unavailable
 from backend.gpus import GpuInventory
 from backend.jobpaths import confine
 from backend.launcher import Launcher, LaunchSpec, LocalProcessLauncher, WorkerExit
 from backend.leases import Lease
 from backend.models import Event, Instance, Run, utcnow
+from backend.remote import LauncherUnavailable, RemoteLauncher
 from backend.services.runs import (
     get_run,
     is_waiting,
@@ -386,9 +387,18 @@ def tail_lines(path: Path, count: int, block: int = 64 * 1024) -> list[str]:
     return list(deque(lines, maxlen=count))
 
 
-def log_tail(db: Database, run_id: int, count: int) -> list[str]:
+def log_tail(db: Database, run_id: int, count: int, launcher: Launcher | None = None) -> list[str]:
+    """The worker's last ``count`` lines: from its launcher when that runs it elsewhere
+    (backend.remote; 503 while it cannot be asked), else from ``worker.log`` in the run dir."""
     with db.reader() as session:
         run = get_run(session, run_id)
+    if run.worker_handle and isinstance(launcher, RemoteLauncher):
+        try:
+            lines = launcher.log_tail(run.worker_handle, count)
+        except LauncherUnavailable as exc:
+            raise Unavailable(str(exc)) from None
+        if lines is not None:
+            return lines
     if not run.run_dir:
         raise NotFound(f"run {run_id} was not launched by this API, so it has no worker log here")
     return tail_lines(Path(run.run_dir) / WORKER_LOG, count)
