@@ -36,7 +36,7 @@ wall per cell. A cell of T steps costs (``cell_seconds``)
 and T = 120 gives 1.3 x 1,643 = 2,136 s (36 min) a cell, 3 waves in 107 min
 (``grid_hours``): about 2 h with 13 min for the estimate's error (T = 140
 would need 2.03 h). Cut to fit (the report says so): 120 steps x 4 = 480
-training examples, one pass (of 1,849; the paper trains for epochs); 256
+training examples (26% of the 1,849), each seen once; 256
 tokens, so 90% of the prompts lose the middle of their article (the
 article's start and the ``Summary:`` cue stay; the median prompt is 416
 tokens; 384 tokens cost 1.56x per step); dev loss on 128 of the 205 dev
