@@ -15,6 +15,7 @@ One module per part of the document, each readable on its own:
 - ``lrsearch``: the learning-rate search;
 - ``heatmaps``: the rank heatmaps (the dashboard's figure, exported to PNG by kaleido);
 - ``figure2``: the paper's Figure 2 observations against those heatmaps;
+- ``generative``: the generative grid (ROUGE and perplexity on bbc-summary with SmolLM2);
 - ``common``: names, number formats and one grid's loaded results (``GridResults``).
 
 Every grid section is a ``section(results: GridResults) -> list[str]`` listed in

@@ -92,7 +92,8 @@ def introduction(sessions: list[dict[str, Any]]) -> list[str]:
         "",
         f"- Command: `{STUDY_COMMAND}` (resumable: rerun it to continue; "
         "`--api URL` makes every cell a dashboard run); the quick grid: "
-        "`.venv/bin/python bench/study.py --quick`.",
+        "`.venv/bin/python bench/study.py --quick`; the generative grid: "
+        f"`{generative.COMMAND}`.",
         f"- Report generated: {date.today().isoformat()}.",
         f"- Machine: {machine_line(sessions)}.",
         "",
