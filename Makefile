@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TRACKERS := $(VENV)/.installed-trackers
+CLUSTER := $(VENV)/.installed-cluster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -25,6 +26,12 @@ $(TRACKERS): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[trackers]'
 	touch $(TRACKERS)
 
+# Ray (DORA_LAUNCHER=ray; the tests start a local head, about 250 MB): `make test` needs it,
+# `make run` does not. The constraints keep torch the CPU wheel.
+$(CLUSTER): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[cluster]'
+	touch $(CLUSTER)
+
 # Headless Chromium for the browser tests and the compose CLI for config
 # validation. Installed only when we are root with apt; tests skip otherwise.
 system-deps:
@@ -33,10 +40,10 @@ system-deps:
 run: install
 	$(PY) -m backend.serve --demo
 
-test: install $(TRACKERS) system-deps
+test: install $(TRACKERS) $(CLUSTER) system-deps
 	$(PY) -m pytest -q
 
-test-fast: install $(TRACKERS)
+test-fast: install $(TRACKERS) $(CLUSTER)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 lint: install
