@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import statistics
 import sys
@@ -91,9 +92,22 @@ class Runner:
         self.loss_extra: Callable[[], torch.Tensor] | None = loss_extra
         self.after_step = after_step
         self.steps = 0
+        self.step_peak = 0  # bytes a step allocated beyond what was resident (CUDA only)
+
+    # Where steps run and the forward's autocast dtype (--device, --precision): as the
+    # worker trains, the forward under autocast, adapters and optimizer state in fp32.
+    device = torch.device("cpu")
+    autocast_dtype: torch.dtype | None = None
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
-        loss = self.model(**batch).loss
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            resident = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        dtype = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = self.model(**batch).loss
         if self.loss_extra is not None:
             loss = loss + self.loss_extra()
         loss.backward()
@@ -103,6 +117,9 @@ class Runner:
         if self.after_step is not None:
             self.after_step(self)
         self.opt.zero_grad(set_to_none=True)
+        if cuda:  # the step's time includes its GPU work
+            torch.cuda.synchronize()
+            self.step_peak = max(self.step_peak, torch.cuda.max_memory_allocated() - resident)
 
 
 def dora(total_steps: int, warmup_frac: float, final_frac: float, interval: int) -> Runner:
@@ -165,9 +182,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method per round")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the steps run (cuda: each step synchronised; step memory measured)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the forward under autocast in this dtype (adapters, optimizer state stay fp32)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the medians here (bench/gpu.py)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/step.py: --device cuda, but torch finds no CUDA device here")
+    Runner.device = torch.device(args.device)
+    Runner.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     pool = load_batches(24)
     print(f"MiniLM, batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -180,6 +216,10 @@ def main() -> None:
         "lora-r8": lora(R_TARGET),
         "adalora": adalora(),
     }
+    if Runner.device.type != "cpu":  # built on the CPU; AdamW has no state yet
+        for runner in runners.values():
+            runner.model.to(Runner.device)
+        pool = [{k: v.to(Runner.device) for k, v in batch.items()} for batch in pool]
     for name, runner in tqdm(runners.items(), desc="warm-up"):
         warm = 12 if name == "dora-frozen" else 3
         for i in range(warm):
@@ -219,6 +259,31 @@ def main() -> None:
             f"{name:14} {median['wall'][name] * 1e3:11.1f} ms {median['cpu'][name] * 1e3:11.1f} ms "
             f"{len(times['wall'][name]):12d}"
         )
+
+    if args.json is not None:
+        task = getattr(args, "task", "classification")
+        summary = {
+            "task": task,
+            "model": "MiniLM" if task == "classification" else "SmolLM2-135M",
+            "device": args.device,
+            "precision": args.precision,
+            "batch_shape": "x".join(str(n) for n in pool[0]["input_ids"].shape),
+            "torch": torch.__version__,
+            "methods": {
+                name: {
+                    "wall_ms": median["wall"][name] * 1e3,
+                    "cpu_ms": median["cpu"][name] * 1e3,
+                    "steps": len(times["wall"][name]),
+                    # trainable parameters and AdamW's two moments
+                    "state_mib": 3
+                    * sum(p.numel() * p.element_size() for p in runners[name].params)
+                    / 2**20,
+                    "peak_mib": runners[name].step_peak / 2**20 if args.device == "cuda" else None,
+                }
+                for name in names
+            },
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     # DoRA's own per-step work, timed alone (no model forward/backward).
     tuner = runners["dora-pruning"].tuner
