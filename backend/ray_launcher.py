@@ -36,6 +36,9 @@ import secrets
 import shlex
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HANDLE_PREFIX = "ray:"
+# How long one call to the job server may take (a submission carries no files: it is quick).
+CALL_TIMEOUT_S = 30.0
 JOB_ENV = "DORA_JOB_CONFIG"  # the job config, as JSON, in the worker's environment
 UPLOAD_ENV = "DORA_UPLOAD_ADAPTER"
 # What a launched worker gets from the LaunchSpec; nothing else of the API's environment
@@ -115,14 +120,20 @@ class RayJobLauncher:
         runs_dir: str = "/tmp/dora-runs",
         cpus_per_process: float = 1.0,
         cancel_grace_s: float = 15.0,
+        timeout_s: float = CALL_TIMEOUT_S,
     ):
         self.address = address
         self.python = python
         self.runs_dir = PurePosixPath(runs_dir)
         self.cpus_per_process = cpus_per_process
         self.cancel_grace_s = cancel_grace_s
+        self.timeout_s = timeout_s
         self._client_: JobSubmissionClient | None = None
         self._lock = threading.Lock()
+        # Ray's client sets no timeout on its HTTP requests: each call runs here and is given
+        # up after timeout_s, so a job server that accepts but never answers cannot hang the
+        # watcher or the API's start-up (a given-up call's thread ends when the socket does).
+        self._calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ray-client")
         self._unreachable = False  # logged once per outage, not once per watcher pass
 
     @classmethod
@@ -143,22 +154,35 @@ class RayJobLauncher:
                 from ray.job_submission import JobSubmissionClient
 
                 try:
-                    self._client_ = JobSubmissionClient(self.address)
+                    self._client_ = self._in_time(JobSubmissionClient, self.address)
                 except (OSError, RuntimeError, ValueError) as exc:
                     raise self._unavailable(exc) from None
             return self._client_
 
+    def _in_time(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        future = self._calls.submit(fn, *args, **kwargs)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise LauncherUnavailable(
+                f"the Ray cluster at {self.address} did not answer within {self.timeout_s:g} s"
+            ) from None
+
     def _unavailable(self, exc: BaseException) -> LauncherUnavailable:
+        if isinstance(exc, LauncherUnavailable):
+            return exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return LauncherUnavailable(f"the Ray cluster at {self.address} did not answer: {first}")
 
     def _call(self, what: str, *args: Any, **kwargs: Any) -> Any:
-        """A client call; connection errors become LauncherUnavailable. RuntimeError (the
-        job server answered with an error, e.g. 404 for an unknown job) passes through."""
+        """A client call within ``timeout_s``; connection errors become LauncherUnavailable.
+        RuntimeError (the job server answered with an error, e.g. 404 for an unknown job)
+        passes through."""
         client = self._client()
         try:
-            return getattr(client, what)(*args, **kwargs)
-        except OSError as exc:  # requests' ConnectionError, timeouts
+            return self._in_time(getattr(client, what), *args, **kwargs)
+        except OSError as exc:  # requests' ConnectionError, LauncherUnavailable
             raise self._unavailable(exc) from None
 
     # --- Launcher ---

@@ -7,6 +7,8 @@ nothing listens on, which the real Ray client meets as a refused connection.
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -77,6 +79,20 @@ def test_a_cluster_that_stops_answering_leaves_its_jobs_running() -> None:
     with pytest.raises(LauncherUnavailable, match="did not answer"):
         launcher.log_tail("ray:dora-abc-run1-0000", 10)
     launcher.stop("ray:dora-abc-run1-0000", grace_s=1)  # logged, not raised
+
+
+def test_a_job_server_that_never_answers_is_given_up_in_time() -> None:
+    """Ray's client sets no timeout: a server that takes the connection and says nothing
+    would hang the watcher (and the API's start-up) without the launcher's own."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections wait in the backlog, never answered
+        launcher = RayJobLauncher(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=1)
+        started = time.monotonic()
+        assert launcher.poll("ray:dora-abc-run1-0000") is None
+        with pytest.raises(LauncherUnavailable, match="did not answer within 1 s"):
+            launcher.log_tail("ray:dora-abc-run1-0000", 10)
+        assert time.monotonic() - started < 10
 
 
 def test_handles_of_other_launchers_are_not_ray_jobs() -> None:
