@@ -37,8 +37,6 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -130,10 +128,9 @@ class RayJobLauncher:
         self.timeout_s = timeout_s
         self._client_: JobSubmissionClient | None = None
         self._lock = threading.Lock()
-        # Ray's client sets no timeout on its HTTP requests: each call runs here and is given
-        # up after timeout_s, so a job server that accepts but never answers cannot hang the
-        # watcher or the API's start-up (a given-up call's thread ends when the socket does).
-        self._calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ray-client")
+        # Ray's client sets no timeout on its HTTP requests: each call is given up after
+        # timeout_s (_in_time), so a job server that accepts but never answers cannot hang
+        # the watcher or the API's start-up.
         self._unreachable = False  # logged once per outage, not once per watcher pass
 
     @classmethod
@@ -160,14 +157,26 @@ class RayJobLauncher:
             return self._client_
 
     def _in_time(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        future = self._calls.submit(fn, *args, **kwargs)
-        try:
-            return future.result(timeout=self.timeout_s)
-        except FutureTimeout:
-            future.cancel()
+        """``fn(*args, **kwargs)`` in a daemon thread, given up after ``timeout_s`` (a thread
+        left waiting on a silent server never holds up the API's exit)."""
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["value"] = fn(*args, **kwargs)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=call, name="ray-client", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
             raise LauncherUnavailable(
                 f"the Ray cluster at {self.address} did not answer within {self.timeout_s:g} s"
-            ) from None
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
 
     def _unavailable(self, exc: BaseException) -> LauncherUnavailable:
         if isinstance(exc, LauncherUnavailable):
