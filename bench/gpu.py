@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MIB = 2**20
+DEVICE = "cuda"  # where everything runs (a dry run of this script's plumbing may change it)
 
 # (task, method, job fields beyond the common ones): the short real jobs.
 CLASSIFICATION = {
@@ -114,7 +115,7 @@ def step_benchmark(task: str, precision: str, quick: bool, out: Path) -> dict[st
     target = out / f"step-{task}.json"
     rounds, steps = ("4", "3") if quick else ("12", "5")
     cmd = [
-        sys.executable, str(ROOT / "bench" / "step.py"), "--task", task, "--device", "cuda",
+        sys.executable, str(ROOT / "bench" / "step.py"), "--task", task, "--device", DEVICE,
         "--precision", precision, "--rounds", rounds, "--steps", steps, "--json", str(target),
     ]  # fmt: skip
     print("$", " ".join(cmd[1:]), flush=True)
@@ -133,7 +134,7 @@ def importance_benchmark(torch: Any, repeats: int) -> dict[str, Any]:
     """Median time and peak allocated memory of each way to score RoBERTa-base's layers."""
     from bench.importance import closed_form_all, closed_form_batched, make_layers, naive_all
 
-    device = torch.device("cuda")
+    device = torch.device(DEVICE)
     layers = [tuple(t.to(device) for t in layer) for layer in make_layers()]
     variants = {
         "closed form, per layer": closed_form_all,
@@ -181,7 +182,7 @@ def run_job(torch: Any, method: str, fields: dict[str, Any], precision: str, roo
         {
             **fields,
             "method": method,
-            "device": "cuda",
+            "device": DEVICE,
             "precision": precision,
             "name": label,
             "output_dir": str(root / label.replace(" ", "-").replace("+", "")),
