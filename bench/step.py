@@ -1,23 +1,28 @@
-"""Optimizer-step time on MiniLM: DoRA vs PEFT LoRA and PEFT AdaLoRA.
+"""Optimizer-step time: DoRA vs PEFT LoRA and PEFT AdaLoRA, classification or causal-lm.
 
 One step = forward + loss (+ regulariser) + backward + grad clip + AdamW step
 + the method's per-step work (DoRA: tuner.step(); AdaLoRA:
-update_and_allocate()) + zero_grad. Batches of 16 real Rotten Tomatoes
-snippets, padded to the longest in the batch, the same sequence for every
-method. Runs are interleaved (each round runs every method for a few steps,
+update_and_allocate()) + zero_grad. The same sequence of batches for every
+method: ``--task classification`` (default): MiniLM, 16 real Rotten Tomatoes
+snippets per batch, padded to the longest; ``--task causal-lm``: SmolLM2-135M,
+4 bbc-summary examples of 256 tokens (prompt + lead, loss on the lead only). Runs are interleaved (each round runs every method for a few steps,
 in a rotating order) and reported as medians of wall time and of the
 process's CPU time (less sensitive to other jobs on a shared machine); the
 verdict needs both ratios of medians within the target.
 
-    .venv/bin/python bench/step.py [--rounds 12] [--steps 3] [--threads N]
+    .venv/bin/python bench/step.py [--task causal-lm] [--rounds 12] [--steps 3] [--threads N]
 
-Methods, all on the same 36 projections (query/key/value/attention.output/
-intermediate/output dense) with the classifier trained fully:
+Methods, all on the same projections (MiniLM: the 36 query/key/value/
+attention.output/intermediate/output dense, with the classifier trained fully;
+SmolLM2: the 210 q/k/v/o/gate/up/down projections, the LM head frozen):
   dora-pruning  r' = 12, inside the pruning phase (EMA every step, an event every 10)
   dora-frozen   after the mask froze at b(T) = 8 and the layers were compacted
   lora-r12      PEFT LoRA at r = r' = 12
   lora-r8       PEFT LoRA at r = b(T) = 8
   adalora       PEFT AdaLoRA init_r = 12, target_r = 8, inside its budgeting phase
+
+Memory: the trainable parameters and their AdamW state per method (exact; the
+frozen base and the activations are the same for every method).
 """
 
 from __future__ import annotations
@@ -44,8 +49,55 @@ from dora_core import DoraConfig, inject
 from dora_core.contracts.presets import DATASETS, MODELS
 from dora_core.targets import DEFAULT_TARGETS
 
-TARGETS = DEFAULT_TARGETS["bert"]
-BATCH, R_INIT, R_TARGET, ALPHA, DROPOUT, LR = 16, 12, 8, 8.0, 0.1, 5e-4
+R_INIT, R_TARGET, ALPHA, DROPOUT, LR = 12, 8, 8.0, 0.1, 5e-4
+BATCH, LM_BATCH, LM_TOKENS = 16, 4, 256
+
+
+class Setup:
+    """The task's model, batches, adapted projections and fully trained heads."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.targets = DEFAULT_TARGETS["bert" if task == "classification" else "llama"]
+        self.heads = ["classifier"] if task == "classification" else None
+
+    def batches(self, count: int) -> list[dict[str, torch.Tensor]]:
+        return load_batches(count) if self.task == "classification" else lm_batches(count)
+
+    def model(self):
+        return base_model() if self.task == "classification" else lm_model()
+
+
+def lm_model():
+    from dora_core.worker.models import load_model, load_tokenizer, resolve_model
+
+    source = resolve_model("smollm2-135m")  # the cached float copy of the GGUF preset
+    torch.manual_seed(0)
+    pad = load_tokenizer(source).pad_token_id
+    return load_model(source, 0, pad, task="causal-lm").train()
+
+
+def lm_batches(count: int) -> list[dict[str, torch.Tensor]]:
+    """bbc-summary examples cut to exactly LM_TOKENS tokens (no padding)."""
+    from dora_core.worker.data import preset_path
+    from dora_core.worker.gendata import bbc_summary, collate_generative, encode_causal
+    from dora_core.worker.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m"))
+    examples = [ex for ex in bbc_summary(preset_path("bbc-summary"))]
+    enc = encode_causal(examples[: count * LM_BATCH * 2], tokenizer, LM_TOKENS)
+    full = [i for i in range(len(enc)) if len(enc.input_ids[i]) == LM_TOKENS]
+    rows = full[: count * LM_BATCH]
+    return [
+        collate_generative(enc, rows[i : i + LM_BATCH], tokenizer.pad_token_id)
+        for i in range(0, len(rows), LM_BATCH)
+    ]
+
+
+def state_bytes(runner: Runner) -> int:
+    """Trainable parameters + AdamW's two moments, in bytes (after a step)."""
+    params = sum(p.numel() * p.element_size() for p in runner.params)
+    return 3 * params
 
 
 def load_batches(count: int) -> list[dict[str, torch.Tensor]]:
@@ -122,8 +174,10 @@ class Runner:
             self.step_peak = max(self.step_peak, torch.cuda.max_memory_allocated() - resident)
 
 
-def dora(total_steps: int, warmup_frac: float, final_frac: float, interval: int) -> Runner:
-    model = base_model()
+def dora(
+    setup: Setup, total_steps: int, warmup_frac: float, final_frac: float, interval: int
+) -> Runner:
+    model = setup.model()
     cfg = DoraConfig(
         total_steps=total_steps,
         target_rank=R_TARGET,
@@ -133,7 +187,8 @@ def dora(total_steps: int, warmup_frac: float, final_frac: float, interval: int)
         warmup_frac=warmup_frac,
         final_frac=final_frac,
         prune_interval=interval,
-        target_modules=TARGETS,
+        target_modules=setup.targets,
+        modules_to_save=setup.heads or [],
     )
     tuner = inject(model, cfg)
     runner = Runner(model, tuner.parameters(), tuner.regularization)
@@ -142,21 +197,21 @@ def dora(total_steps: int, warmup_frac: float, final_frac: float, interval: int)
     return runner
 
 
-def lora(rank: int) -> Runner:
+def lora(setup: Setup, rank: int) -> Runner:
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
         r=rank,
         lora_alpha=ALPHA,
         lora_dropout=DROPOUT,
-        target_modules=TARGETS,
-        modules_to_save=["classifier"],
+        target_modules=setup.targets,
+        modules_to_save=setup.heads,
     )
-    model = get_peft_model(base_model(), cfg)
+    model = get_peft_model(setup.model(), cfg)
     return Runner(model, model.parameters())
 
 
-def adalora() -> Runner:
+def adalora(setup: Setup) -> Runner:
     from peft import AdaLoraConfig, get_peft_model
 
     cfg = AdaLoraConfig(
@@ -164,14 +219,14 @@ def adalora() -> Runner:
         target_r=R_TARGET,
         lora_alpha=ALPHA,
         lora_dropout=DROPOUT,
-        target_modules=TARGETS,
-        modules_to_save=["classifier"],
+        target_modules=setup.targets,
+        modules_to_save=setup.heads,
         total_step=100_000,
         tinit=0,
         tfinal=50_000,
         deltaT=10,
     )
-    model = get_peft_model(base_model(), cfg)
+    model = get_peft_model(setup.model(), cfg)
     runner = Runner(model, model.parameters())
     runner.after_step = lambda r: model.base_model.update_and_allocate(r.steps)
     return runner
@@ -197,6 +252,12 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the medians here (bench/gpu.py)"
     )
+    parser.add_argument(
+        "--task",
+        choices=["classification", "causal-lm"],
+        default="classification",
+        help="MiniLM on rt-snippets, or SmolLM2-135M on bbc-summary",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,17 +265,22 @@ def main() -> None:
         sys.exit("bench/step.py: --device cuda, but torch finds no CUDA device here")
     Runner.device = torch.device(args.device)
     Runner.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
-    pool = load_batches(24)
-    print(f"MiniLM, batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    setup = Setup(args.task)
+    pool = setup.batches(24 if args.task == "classification" else 8)
+    shape = "x".join(str(n) for n in pool[0]["input_ids"].shape)
+    model_name = "MiniLM" if args.task == "classification" else "SmolLM2-135M (causal-lm)"
+    print(
+        f"{model_name}, batches {shape}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     runners = {
         # Pruning phase from step 0 to 50k: EMA every step, an event every 10 steps.
-        "dora-pruning": dora(100_000, 0.0, 0.5, 10),
+        "dora-pruning": dora(setup, 100_000, 0.0, 0.5, 10),
         # Mask frozen at step 10 (t_i 3, events every 2 steps), then compacted.
-        "dora-frozen": dora(20, 0.15, 0.5, 2),
-        "lora-r12": lora(R_INIT),
-        "lora-r8": lora(R_TARGET),
-        "adalora": adalora(),
+        "dora-frozen": dora(setup, 20, 0.15, 0.5, 2),
+        "lora-r12": lora(setup, R_INIT),
+        "lora-r8": lora(setup, R_TARGET),
+        "adalora": adalora(setup),
     }
     if Runner.device.type != "cpu":  # built on the CPU; AdamW has no state yet
         for runner in runners.values():
@@ -253,11 +319,14 @@ def main() -> None:
                 per_round[c][name].append(statistics.mean(samples[c]))
 
     median = {c: {n: statistics.median(v) for n, v in times[c].items()} for c in clocks}
-    print(f"\n{'method':14} {'wall (median)':>14} {'CPU (median)':>14} {'steps timed':>12}")
+    print(
+        f"\n{'method':14} {'wall (median)':>14} {'CPU (median)':>14} {'steps timed':>12} "
+        f"{'trainable + AdamW':>18}"
+    )
     for name in names:
         print(
             f"{name:14} {median['wall'][name] * 1e3:11.1f} ms {median['cpu'][name] * 1e3:11.1f} ms "
-            f"{len(times['wall'][name]):12d}"
+            f"{len(times['wall'][name]):12d} {state_bytes(runners[name]) / 2**20:15.2f} MiB"
         )
 
     if args.json is not None:
