@@ -469,6 +469,7 @@ def register(app: Dash, client: ApiClient) -> None:
 
     @app.callback(
         Output("url", "pathname", allow_duplicate=True),
+        Output("url", "search", allow_duplicate=True),
         Output("job-error-form", "children"),
         Output("job-advanced", "open"),
         *[Output(f"job-error-{f}", "children") for f in FIELDS],
@@ -482,7 +483,7 @@ def register(app: Dash, client: ApiClient) -> None:
         # url is in the shell's layout, so Dash calls this when the form is
         # inserted, prevent_initial_call or not: only a real click submits
         if not n_clicks:
-            return (no_update,) * (3 + len(FIELDS))
+            return (no_update,) * (4 + len(FIELDS))
         path, field_errors, general = submit(
             client, schema or {}, dict(zip(FIELDS, values, strict=True))
         )
@@ -490,6 +491,7 @@ def register(app: Dash, client: ApiClient) -> None:
         open_advanced = any(f in ADVANCED for f in field_errors) or no_update
         return (
             path or no_update,
+            "" if path else no_update,  # the run page's URL, not /runs/N?new=1
             ui.error_state(general) if general else None,
             open_advanced,
             *errors,

@@ -211,6 +211,8 @@ def _run_the_scenario(api: ApiClient, dash_url: str, driver: Any, lora_id: int) 
         lambda: re.fullmatch(r"/runs/(\d+)", driver.execute_script("return location.pathname")),
     )
     run_id = int(path.group(1))
+    # The run's own URL: a leftover ?new=1 kept the rank slider from following the run.
+    assert driver.execute_script("return location.search") == ""
     config = api.run(run_id)["config"]
     assert config["name"] == NAME and config["target_rank"] == 2 and config["lr"] == TINY["lr"]
     assert config["max_train_samples"] == TINY["max_train_samples"]
