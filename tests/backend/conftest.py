@@ -98,9 +98,13 @@ STAND_IN = textwrap.dedent(
     keys = ("DORA_API_URL", "DORA_RUN_ID", "DORA_INGEST_TOKEN", "DORA_API_TOKEN",
             "DATABASE_URL", "DORA_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "DORA_API_INSTANCE", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK")
-    print("stand-in", command, job_file, "cwd=" + os.getcwd(), flush=True)
+    # One write per line: torchrun's ranks share this log, and two print() calls of
+    # different ranks could interleave within a line.
+    def say(line):
+        os.write(1, (line + "\\n").encode())
+    say(" ".join(["stand-in", command, job_file, "cwd=" + os.getcwd()]))
     env = {k: os.environ.get(k) for k in keys}
-    print("env " + json.dumps({**env, "pid": os.getpid()}), flush=True)
+    say("env " + json.dumps({**env, "pid": os.getpid()}))
     mode = job["name"]
     if mode == "exit-3":
         print("Traceback (most recent call last):", file=sys.stderr)
