@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -84,6 +84,19 @@ class Launcher(Protocol):
     def wait(self, handle: str, timeout_s: float) -> WorkerExit | None:
         """Block up to ``timeout_s`` for the worker to end."""
         ...
+
+
+def wait_for_exit(
+    poll: Callable[[str], WorkerExit | None], handle: str, timeout_s: float, interval_s: float
+) -> WorkerExit | None:
+    """Poll ``handle`` every ``interval_s`` until it has ended or ``timeout_s`` has passed
+    (the last sleep is cut to the deadline); None when it still runs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ended = poll(handle)
+        if ended is not None or time.monotonic() >= deadline:
+            return ended
+        time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
 
 
 def _start_ticks(pid: int) -> str:
@@ -183,12 +196,7 @@ class LocalProcessLauncher:
         threading.Thread(target=_escalate, name=f"stop-worker-{pid}", daemon=True).start()
 
     def wait(self, handle: str, timeout_s: float) -> WorkerExit | None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ended = self.poll(handle)
-            if ended is not None or time.monotonic() >= deadline:
-                return ended
-            time.sleep(0.05)
+        return wait_for_exit(self.poll, handle, timeout_s, interval_s=0.05)
 
     @staticmethod
     def _signal(pid: int, sig: signal.Signals) -> None:

@@ -35,13 +35,12 @@ import math
 import secrets
 import shlex
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from backend.launcher import LaunchSpec, WorkerExit
+from backend.launcher import LaunchSpec, WorkerExit, wait_for_exit
 from backend.remote import LauncherUnavailable
 from dora_core.contracts.job import reserved_gpus, worker_processes
 
@@ -287,12 +286,7 @@ class RayJobLauncher:
             log.error("could not stop Ray job %s: %s", submission_id, _last_line(str(exc)))
 
     def wait(self, handle: str, timeout_s: float) -> WorkerExit | None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ended = self.poll(handle)
-            if ended is not None or time.monotonic() >= deadline:
-                return ended
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        return wait_for_exit(self.poll, handle, timeout_s, interval_s=0.5)
 
     # --- RemoteLauncher ---
     def log_tail(self, handle: str, count: int) -> list[str] | None:
