@@ -116,12 +116,7 @@ def from_text(rows: Sequence[dict], text_column: str) -> list[GenExample]:
 
 def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
     """Chat rows rendered with the tokenizer's template; the last message is the target."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise GenDataError(
-            "chat_template",
-            "the model's tokenizer has no chat template; give one in the job's chat_template "
-            "field or use prompt/completion columns",
-        )
+    require_template(tokenizer)
     out = []
     for i, row in enumerate(rows):
         messages = row.get("messages")
@@ -142,7 +137,7 @@ def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
                 f"chat row {i}: the last message is the target and must be the assistant's",
             )
         full = tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt = chat_prompt(messages[:-1], tokenizer)
+        prompt = _render_prompt(messages[:-1], tokenizer)
         if not full.startswith(prompt):
             raise GenDataError(
                 "chat_template",
@@ -154,17 +149,27 @@ def from_chat(rows: Sequence[dict], tokenizer: Any) -> list[GenExample]:
     return out
 
 
-def chat_prompt(messages: list[dict], tokenizer: Any) -> str:
-    """A chat history rendered with the template, up to the assistant's turn to speak."""
+def require_template(tokenizer: Any) -> None:
+    """Chat data is rendered with the tokenizer's template: a one-line error without one."""
     if not getattr(tokenizer, "chat_template", None):
         raise GenDataError(
             "chat_template",
             "the model's tokenizer has no chat template; give one in the job's chat_template "
             "field or use prompt/completion columns",
         )
+
+
+def chat_prompt(messages: list[dict], tokenizer: Any) -> str:
+    """A chat history (user input: checked here) rendered with the template, up to the
+    assistant's turn to speak."""
+    require_template(tokenizer)
     for m in messages:
         if not isinstance(m, dict) or not {"role", "content"} <= set(m):
             raise GenDataError("messages", "every message needs 'role' and 'content'")
+    return _render_prompt(messages, tokenizer)
+
+
+def _render_prompt(messages: list[dict], tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -187,7 +192,7 @@ def parse_messages(rows: list[dict]) -> list[dict]:
 
 def from_rows(
     rows: list[dict],
-    tokenizer: Any,
+    tokenizer: Callable[[], Any],
     *,
     prompt_column: str,
     completion_column: str,
@@ -195,11 +200,12 @@ def from_rows(
     task: str,
 ) -> list[GenExample]:
     """A file's rows by their shape: a ``messages`` column is chat; prompt and completion
-    columns are pairs; a text column alone is language modelling (causal-lm only)."""
+    columns are pairs; a text column alone is language modelling (causal-lm only).
+    ``tokenizer`` loads the tokenizer: only chat rows need it (to render the template)."""
     columns = set().union(*(row.keys() for row in rows[:1000])) if rows else set()
     listed = ", ".join(sorted(columns)) or "none"
     if "messages" in columns:
-        return from_chat(parse_messages(rows), tokenizer)
+        return from_chat(parse_messages(rows), tokenizer())
     if prompt_column in columns or completion_column in columns:
         return from_pairs(rows, prompt_column, completion_column)
     if text_column in columns and task == "causal-lm":
@@ -354,22 +360,10 @@ def load_gen_dataset(job: Any, tokenizer: Callable[[], Any]) -> GenDataset:
         raise GenDataError("task", "chat data needs a decoder model; use task causal-lm")
     examples = from_rows(
         rows,
-        _Lazy(tokenizer),
+        tokenizer,
         prompt_column=job.prompt_column,
         completion_column=job.completion_column,
         text_column=job.text_column,
         task=job.task,
     )
     return GenDataset([ex for ex in examples if ex.completion.strip()])
-
-
-class _Lazy:
-    """A tokenizer loaded on first use (only chat data needs one while reading)."""
-
-    def __init__(self, load: Callable[[], Any]):
-        self._load, self._tok = load, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._tok is None:
-            self._tok = self._load()
-        return getattr(self._tok, name)

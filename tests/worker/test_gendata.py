@@ -184,3 +184,29 @@ def test_rouge_matches_a_hand_count() -> None:
     assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     with pytest.raises(ValueError, match="1 predictions for 2 references"):
         rouge(["a"], ["a", "b"])
+
+
+def test_a_file_loads_the_tokenizer_only_for_chat_rows(tmp_path) -> None:
+    """Reading prompt/completion rows must not pay for a tokenizer; chat rows load it once."""
+    import json
+
+    from dora_core.contracts.job import parse_job_config
+    from dora_core.worker.gendata import load_gen_dataset
+
+    pairs, chat = tmp_path / "pairs.jsonl", tmp_path / "chat.jsonl"
+    pairs.write_text(json.dumps({"prompt": "the film was", "completion": " good"}) + "\n")
+    chat.write_text(json.dumps({"messages": CHAT}) + "\n")
+    loads: list[int] = []
+
+    def load():
+        loads.append(1)
+        tok = _tokenizer(bos_eos=True)
+        tok.chat_template = CHAT_TEMPLATE
+        return tok
+
+    base = {"task": "causal-lm", "model": "minilm", "output_dir": str(tmp_path / "run")}
+    data = load_gen_dataset(parse_job_config({**base, "dataset": str(pairs)}), load)
+    assert [(ex.prompt, ex.completion) for ex in data.examples] == [("the film was", " good")]
+    assert loads == []
+    data = load_gen_dataset(parse_job_config({**base, "dataset": str(chat)}), load)
+    assert data.examples[0].completion == "good [EOS] " and loads == [1]
