@@ -65,39 +65,43 @@ SIZES = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with a word-level tokenizer, as a transformers folder."""
+def save_tiny(tmp_path_factory, name: str, model_class, config, tokenizer) -> Path:
+    """A model built from ``config`` (seed 0) and its tokenizer, saved as a transformers
+    folder: the tiny stand-ins for the families no preset ships offline."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = _tokenizer(bos_eos=False)
+    folder = tmp_path_factory.mktemp(name)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=0, **SIZES)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a word-level tokenizer, as a transformers folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = _tokenizer(bos_eos=False)
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=0, **SIZES)
+    return save_tiny(
+        tmp_path_factory, "tiny-bert", BertForSequenceClassification, config, tokenizer
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A 2-layer Llama-style decoder whose tokenizer has no pad token."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = _tokenizer(bos_eos=True)
-    torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         num_key_value_heads=1,
         eos_token_id=tokenizer.eos_token_id,
         **SIZES,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory, "tiny-llama", LlamaForCausalLM, config, tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from dora_core.worker.rouge import rouge
 from dora_core.worker.telemetry import read_metrics
 from dora_core.worker.train.generation import dev_loss, left_pad, token_loss_sums
 from dora_core.worker.train.loop import train
-from tests.worker.conftest import FILLER, NEGATIVE, POSITIVE, _tokenizer
+from tests.worker.conftest import FILLER, NEGATIVE, POSITIVE, _tokenizer, save_tiny
 
 # --- data and models --------------------------------------------------------------------------
 
@@ -66,9 +66,7 @@ def _seq2seq_tokenizer():
 def tiny_t5(tmp_path_factory) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    folder = tmp_path_factory.mktemp("tiny-t5")
     tok = _seq2seq_tokenizer()
-    torch.manual_seed(0)
     config = T5Config(
         vocab_size=len(tok),
         d_model=32,
@@ -83,18 +81,14 @@ def tiny_t5(tmp_path_factory) -> Path:
         decoder_start_token_id=tok.pad_token_id,
         initializer_factor=3.0,
     )
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory, "tiny-t5", T5ForConditionalGeneration, config, tok)
 
 
 @pytest.fixture(scope="module")
 def tiny_bart(tmp_path_factory) -> Path:
     from transformers import BartConfig, BartForConditionalGeneration
 
-    folder = tmp_path_factory.mktemp("tiny-bart")
     tok = _seq2seq_tokenizer()
-    torch.manual_seed(0)
     config = BartConfig(
         vocab_size=len(tok),
         d_model=32,
@@ -112,18 +106,14 @@ def tiny_bart(tmp_path_factory) -> Path:
         forced_eos_token_id=None,
         init_std=0.3,
     )
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory, "tiny-bart", BartForConditionalGeneration, config, tok)
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
     tok = _tokenizer(bos_eos=True)
-    torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tok),
         n_embd=32,
@@ -134,9 +124,7 @@ def tiny_gpt2(tmp_path_factory) -> Path:
         eos_token_id=tok.eos_token_id,
         initializer_range=0.3,
     )
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory, "tiny-gpt2", GPT2LMHeadModel, config, tok)
 
 
 def gen_job(model: Path, data: Path, out: Path, **overrides) -> dict:
