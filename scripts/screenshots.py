@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend.serve import DEMO_JOB  # noqa: E402
+from tests.chromium import headless_chromium  # noqa: E402
 
 BASELINE = {**DEMO_JOB, "name": "baseline: lora on minilm + rt-snippets", "method": "lora"}
 SERVE = [sys.executable, "-m", "backend.serve", "--demo"]
@@ -63,26 +63,6 @@ def wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5
         if time.monotonic() > deadline:
             raise SystemExit(f"error: gave up waiting for {what} after {timeout:.0f}s")
         time.sleep(every)
-
-
-def chromium(profile: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        f"--window-size={WIDTH},900",
-    ):
-        options.add_argument(arg)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(service=service, options=options)
 
 
 def screenshot(driver: Any, path: Path) -> None:
@@ -189,7 +169,7 @@ def main() -> int:
             http = httpx.Client(base_url=api, timeout=30)
             baseline = http.post("/api/jobs", json=BASELINE).json()["run_id"]
             print(f"baseline job started: run {baseline}", flush=True)
-            driver = chromium(Path(tmp) / "chromium")
+            driver = headless_chromium(Path(tmp) / "chromium", WIDTH, "--hide-scrollbars")
             take_form(driver, dash, args.out)
             for run_id in (demo, baseline):
                 status = wait(

@@ -17,10 +17,8 @@ import io
 import json
 import os
 import re
-import shutil
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,14 +26,13 @@ import pytest
 
 from dashboard.api import ApiClient
 from dashboard.params import live_adapter_params
+from tests.chromium import headless_chromium, missing_browser
 from tests.conftest import free_port, wait_until
 from tests.dashboard.conftest import start_server, stop_server
 from tests.dashboard.simulate import SimulatedRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL_NAME = '<img src=x onerror="window.__xss=1">tiny <b>dora</b>'
 NAME = "tiny dora"
 # small enough for well under a minute on two cores, long enough to see
@@ -62,13 +59,6 @@ TINY_LORA = {**TINY, "method": "lora", "target_rank": 2, "max_steps": 6, "eval_e
 LIVE_STATUSES = {"queued", "running"}
 
 
-def _missing_browser() -> str | None:
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).exists():
-            return f"{path} not found: install Debian's {package} (make test does, as root)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def dash_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
@@ -90,30 +80,10 @@ def dash_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    reason = _missing_browser()
+    reason = missing_browser()
     if reason:
         pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-        "--window-size=1440,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium"), console_logs=True)
     try:
         yield driver
     finally:
