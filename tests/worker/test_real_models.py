@@ -53,8 +53,17 @@ def test_minilm_preset(tmp_path) -> None:
     assert sum(outcome.result["rank_pattern"].values()) == 2 * 36
 
 
-def test_smollm2_gguf_preset_as_a_decoder_classifier(tmp_path) -> None:
-    outcome, body = run_preset("smollm2-135m", tmp_path, max_steps=2, batch_size=2, max_length=16)
+@pytest.fixture(scope="module")
+def smollm2_classifier_run(tmp_path_factory):
+    """One short DoRA classification run of the GGUF preset, shared by the tests that read
+    it (SmolLM2 costs about a minute per run on 2 cores)."""
+    folder = tmp_path_factory.mktemp("smollm2-cls")
+    outcome, body = run_preset("smollm2-135m", folder, max_steps=2, batch_size=2, max_length=16)
+    return folder, outcome, body
+
+
+def test_smollm2_gguf_preset_as_a_decoder_classifier(smollm2_classifier_run) -> None:
+    tmp_path, outcome, body = smollm2_classifier_run
     assert outcome.status == "completed"
     modules = body["modules"]
     assert len(modules) == 30 * 7  # 30 blocks x (q, k, v, o, gate, up, down)
@@ -64,7 +73,7 @@ def test_smollm2_gguf_preset_as_a_decoder_classifier(tmp_path) -> None:
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
 
 
-def test_smollm2_run_merges_into_a_plain_float_model(tmp_path) -> None:
+def test_smollm2_run_merges_into_a_plain_float_model(smollm2_classifier_run, tmp_path) -> None:
     """`dora merge` of a GGUF preset's run: a folder from_pretrained loads without gguf_file,
     giving the adapted model's logits (the GGUF weights are dequantised on load)."""
     import torch
@@ -72,10 +81,10 @@ def test_smollm2_run_merges_into_a_plain_float_model(tmp_path) -> None:
 
     from dora_core.worker.cli import main
 
-    outcome, _ = run_preset("smollm2-135m", tmp_path, max_steps=2, batch_size=2, max_length=16)
+    trained, outcome, _ = smollm2_classifier_run
     assert outcome.status == "completed"
     out = tmp_path / "merged"
-    assert main(["merge", str(tmp_path / "run"), str(out)]) == 0
+    assert main(["merge", str(trained / "run"), str(out)]) == 0
     assert not list(out.glob("*.gguf")) and (out / "config.json").is_file()
     assert "quantization_config" not in (out / "config.json").read_text()
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -87,7 +96,7 @@ def test_smollm2_run_merges_into_a_plain_float_model(tmp_path) -> None:
 
     source = resolve_model("smollm2-135m")
     base = load_model(source, 2, load_tokenizer(source).pad_token_id)
-    adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    adapted = PeftModel.from_pretrained(base, trained / "run" / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(
             merged(**batch).logits, adapted(**batch).logits, rtol=1e-4, atol=1e-4
