@@ -22,8 +22,21 @@ from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
 
 PASSWORD = "correct horse battery staple"
-# one hash for the module: each costs ~0.1 s of CPU
-HASH = auth.hash_password(PASSWORD)
+
+
+def _fixed_hash(password: str, salt: bytes) -> str:
+    """The stored-hash text built by hand with hashlib (scrypt N=2**14, r=8, p=1, 32 bytes,
+    URL-safe base64 without padding): an independent check of the format, and a fixed salt
+    so the parametrized test ids are the same in every process (pytest-xdist compares them)."""
+    import base64
+    import hashlib
+
+    key = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    text = [base64.urlsafe_b64encode(b).decode().rstrip("=") for b in (salt, key)]
+    return f"scrypt:16384:8:1:{text[0]}:{text[1]}"
+
+
+HASH = _fixed_hash(PASSWORD, bytes(range(16)))
 DEAD_API = "http://127.0.0.1:9"  # nothing listens; no test here reaches it
 PORT = 8123
 COOKIE = f"dora_dash_session_{PORT}"
@@ -33,18 +46,21 @@ COOKIE = f"dora_dash_session_{PORT}"
 
 
 def test_a_hash_verifies_its_password_only() -> None:
-    assert HASH.startswith("scrypt:16384:8:1:")
-    assert auth.verify_password(PASSWORD, HASH)
-    assert not auth.verify_password(PASSWORD + " ", HASH)
-    assert not auth.verify_password("", HASH)
+    made = auth.hash_password(PASSWORD)
+    assert made.startswith("scrypt:16384:8:1:")
+    for stored in (made, HASH):  # ours, and one built by hand with hashlib
+        assert auth.verify_password(PASSWORD, stored)
+        assert not auth.verify_password(PASSWORD + " ", stored)
+        assert not auth.verify_password("", stored)
     # a fresh salt each time: the same password never gives the same text
-    assert auth.hash_password(PASSWORD) != HASH
+    assert auth.hash_password(PASSWORD) != made
 
 
 def test_the_hash_text_survives_shells_compose_and_the_list_syntax() -> None:
+    made = auth.hash_password(PASSWORD)
     for unsafe in "$,\"' \n=+/":
-        assert unsafe not in HASH
-    assert len(HASH.split(":")) == 6
+        assert unsafe not in made
+    assert len(made.split(":")) == 6
 
 
 def test_unicode_passwords_match_however_they_are_composed() -> None:
