@@ -40,11 +40,16 @@ system-deps:
 run: install
 	$(PY) -m backend.serve --demo
 
+# pytest-xdist: TEST_JOBS processes, each test file kept in one (its module fixtures are built
+# once); the slowest tests are listed at the end. TEST_JOBS=0 runs in this process.
+TEST_JOBS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=15
+
 test: install $(TRACKERS) $(CLUSTER) system-deps
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: install $(TRACKERS) $(CLUSTER)
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PYTEST) -m "not slow and not browser"
 
 lint: install
 	$(VENV)/bin/ruff check .
