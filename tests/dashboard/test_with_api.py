@@ -116,6 +116,12 @@ def test_rank_heatmap_at_a_past_step_and_the_latest(api_url: str, client: ApiCli
     fig, label = run.ranks.heatmap(client, state, step=40, latest=40, method=dora)
     assert [list(r) for r in fig.data[0].z] == [[6, 3], [5, 2], [5, 3]]
     assert "the latest" in label
+    # a run that is further on than its last scores (LoRA scores only at the start and the
+    # end): at the slider's end the label says so rather than "latest is"
+    fig, label = run.ranks.heatmap(client, state, step=None, latest=55, method=dora)
+    assert "Showing step 40 (the last scored; the run is at step 55)" in label
+    fig, label = run.ranks.heatmap(client, state, step=55, latest=55, method=dora)
+    assert "the last scored" in label and "latest is" not in label
 
 
 def test_poll_stops_once_the_finished_run_is_drawn(api_url: str, client: ApiClient) -> None:

@@ -122,7 +122,12 @@ def heatmap(
     shown = matrix.get("step")
     if shown is None:
         return fig, ""
-    where = "the latest" if latest is None or shown >= latest else f"latest is {latest}"
+    if latest is None or shown >= latest:
+        where = "the latest"
+    elif step is None or step >= latest:  # the slider is at the end; scores are older
+        where = f"the last scored; the run is at step {latest}"
+    else:
+        where = f"latest is {latest}"
     label = f"Showing step {shown} ({where}). Colour scale 0…r' = {run.get('init_rank') or '?'}."
     count = live_adapter_params(run.get("method"), modules or [], matrix)
     if count is not None:
