@@ -50,6 +50,10 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def _handle(db: Path, run_id: int) -> str | None:
     with sqlite3.connect(db, timeout=30) as conn:
         row = conn.execute("SELECT worker_handle FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -81,6 +85,9 @@ def test_plain_uvicorn_on_another_port_tells_its_worker_that_port(tmp_path: Path
         run_id = created.json()["run_id"]
         handle = wait_until("the worker to start", lambda: _handle(data / "dora.db", run_id), 30)
         pid = int(handle.split(":")[1])
+        # the handle is stored as soon as the child is forked: until it has exec'd the
+        # worker, /proc shows the API's own environment
+        wait_until("the worker to exec", lambda: b"dora_core" in _cmdline(pid), 30)
         env = _environ(pid)
         assert env["DORA_API_URL"] == api, env.get("DORA_API_URL")
         # and it is where the worker's telemetry arrives: it registers its modules there

@@ -120,11 +120,24 @@ def pick_device(device: str) -> torch.device:
     return torch.device("cuda", ddp.local_rank()) if kind == "cuda" else torch.device(kind)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each message, not the stream it was at the
+    first job of the process (notebooks, pytest's capture and tools swap it between jobs)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
     logger = logging.getLogger("dora")
     logger.setLevel(logging.INFO)
     if not any(getattr(h, "_dora_console", False) for h in logger.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _CurrentStderr()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._dora_console = True  # type: ignore[attr-defined]
         logger.addHandler(console)
