@@ -17,6 +17,7 @@ from tests.conftest import (
     serve_in_thread,
     start_server,
 )
+from tests.dashboard.simulate import SimulatedRun
 
 
 def _wait(url: str, timeout: float = 90.0) -> httpx.Response:
@@ -52,6 +53,8 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         assert health.json()["status"] == "ok"
         page = _wait(f"http://127.0.0.1:{dash_port}/")
         assert page.status_code == 200 and "<html" in page.text.lower()
+        # a run that a worker of its own reports to: it outlives the servers, and says so
+        SimulatedRun(f"http://127.0.0.1:{api_port}", name="outlives").post([0])
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     finally:
@@ -60,6 +63,8 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
     out = log.read_text()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{dash_port}" in out
+    assert f"run 1 keeps training (http://127.0.0.1:{dash_port}/runs/1)" in out
+    assert "after 30 min (DORA_ORPHAN_TIMEOUT_S)" in out
     # both children are gone: the ports are free again
     for port in (api_port, dash_port):
         try:

@@ -32,6 +32,7 @@ WRONG_INSTANCE = "wrong_instance"
 # A worker that could not reach its API (or was refused as foreign) for longer than its orphan
 # timeout checkpoints and exits with this status, its spool kept; `dora train --resume` goes on.
 ORPHANED_EXIT = 75
+DEFAULT_ORPHAN_TIMEOUT_S = 1800.0  # DORA_ORPHAN_TIMEOUT_S / --orphan-timeout override it
 
 
 # --- tasks --------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def _switch(name: str) -> bool | str:
 
 def _orphan_timeout(flag: str | None) -> float | str:
     """--orphan-timeout, else DORA_ORPHAN_TIMEOUT_S, else 30 minutes; a message when bad."""
-    from dora_core.worker.train.loop import DEFAULT_ORPHAN_TIMEOUT_S
+    from dora_core.contracts.wire import DEFAULT_ORPHAN_TIMEOUT_S
 
     name, text = "--orphan-timeout", flag
     if text is None:

@@ -44,6 +44,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dora_core.contracts.hosts import dashboard_run_url
 from dora_core.contracts.job import JobConfig, JobConfigError, worker_processes
 from dora_core.contracts.rundir import ADAPTER_DIR, JOB_FILE, LOG_FILE, RESULT_FILE, SPLIT_FILE
+from dora_core.contracts.wire import DEFAULT_ORPHAN_TIMEOUT_S
 from dora_core.reporting import report_event, report_state
 from dora_core.worker.data import BatchPlan
 from dora_core.worker.gendata import GenDataError
@@ -59,9 +60,6 @@ from dora_core.worker.train.summary import summary_lines
 from dora_core.worker.train.tasks import Task, build_task
 
 log = logging.getLogger("dora.train")
-
-
-DEFAULT_ORPHAN_TIMEOUT_S = 1800.0
 
 
 @dataclass
