@@ -27,7 +27,7 @@ from backend.settings import (
     blank_is_unset,
     exposure_error,
 )
-from dora_core.contracts.wire import DEFAULT_ORPHAN_TIMEOUT_S
+from dora_core.contracts.wire import orphan_timeout_s
 
 # Small enough to show pruning within a minute or two on a 2-core laptop:
 # the pruning phase starts at step 30 and the mask freezes at step 210.
@@ -136,27 +136,34 @@ def _cancel_demo(api: str, run_id: int, wait_s: float = 30.0, token: str | None 
             time.sleep(0.5)
 
 
-def _say_what_outlives_us(api: str, dash_url: str, skip: int | None) -> None:
+def _say_what_outlives_us(api: str, dash_url: str, skip: int | None, orphan_s: float) -> None:
     """Jobs started from the form keep training after Ctrl-C (a restarted API adopts them):
-    say so, per run, with what becomes of it, so nobody is surprised by a busy CPU."""
+    say so, per run, with what becomes of it, so nobody is surprised by a busy CPU.
+    ``orphan_s`` is the timeout their workers read from the same environment."""
     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
         for status in ("running", "queued"):
             resp = httpx.get(f"{api}/api/runs", params={"status": status, "limit": 100}, timeout=5)
             for run in resp.json()["items"]:
                 if run["id"] == skip:
                     continue
-                where = f"{dash_url}/runs/{run['id']}"
                 if status == "queued":
                     print(f"run {run['id']} stays queued: it starts when the API runs again")
                     continue
-                minutes = DEFAULT_ORPHAN_TIMEOUT_S / 60
+                where = f"{dash_url}/runs/{run['id']}"
                 print(
                     f"run {run['id']} keeps training ({where}): run this again and the API "
                     f"takes it back; without an API it stops by itself, checkpointed, after "
-                    f"{minutes:.0f} min (DORA_ORPHAN_TIMEOUT_S). To stop it with the servers, "
+                    f"{_duration(orphan_s)} (DORA_ORPHAN_TIMEOUT_S). To stop it with the servers, "
                     f"cancel it on its page before Ctrl-C",
                     flush=True,
                 )
+
+
+def _duration(seconds: float) -> str:
+    """30 min, 90 s: what a person reads, not 1800.0."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:g} s"
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -168,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServeSettings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    orphan_s = orphan_timeout_s()  # the workers read it too: a bad one would fail every job
+    if isinstance(orphan_s, str):
+        print(f"error: {orphan_s}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(description="Run the DoRA API and dashboard on loopback.")
     parser.add_argument("--host", default=settings.api_host)
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if demo_run is not None and procs[0].poll() is None:
             _cancel_demo(api, demo_run, token=settings.api_token)
         if procs and procs[0].poll() is None:
-            _say_what_outlives_us(api, dash_url, skip=demo_run)
+            _say_what_outlives_us(api, dash_url, skip=demo_run, orphan_s=orphan_s)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

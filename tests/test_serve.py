@@ -40,6 +40,7 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
     """Started with SIGINT ignored, as from a script in the background: it still stops on it."""
     api_port, dash_port = free_port(), free_port()
     env = {**os.environ, "DORA_DATA_DIR": str(tmp_path)}
+    env.pop("DORA_ORPHAN_TIMEOUT_S", None)
     log = tmp_path / "serve.log"
     proc = start_server(
         ["-m", "backend.serve", "--api-port", str(api_port), "--dash-port", str(dash_port)],
@@ -64,7 +65,7 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{dash_port}" in out
     assert f"run 1 keeps training (http://127.0.0.1:{dash_port}/runs/1)" in out
-    assert "after 30 min (DORA_ORPHAN_TIMEOUT_S)" in out
+    assert "after 30 min (DORA_ORPHAN_TIMEOUT_S)" in out  # its environment does not set it
     # both children are gone: the ports are free again
     for port in (api_port, dash_port):
         try:
@@ -84,6 +85,7 @@ def test_serve_starts_both_and_stops_on_sigint(tmp_path) -> None:
         ("backend.serve", "DORA_MAX_JOBS", "abc"),  # the API's, checked before it starts
         ("backend.serve", "DORA_API_PORT", "x"),
         ("backend.serve", "DORA_DASH_PORT", "99999"),
+        ("backend.serve", "DORA_ORPHAN_TIMEOUT_S", "soon"),  # every worker would refuse it
     ],
 )
 def test_the_servers_stop_on_a_bad_variable_with_one_line(
@@ -132,3 +134,51 @@ def test_the_demo_job_starts_at_once_or_says_it_waits(tmp_path, capsys) -> None:
         ended = httpx.get(f"{api}/api/runs/{first}").json()
         assert (ended["status"], ended["exit_code"]) == ("cancelled", -signal.SIGTERM)
         assert httpx.get(f"{api}/api/runs/{second}").json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("variable", "said"), [(None, "after 30 min"), ("90", "after 90 s"), ("7200", "after 120 min")]
+)
+def test_ctrl_c_quotes_the_orphan_timeout_the_workers_read(
+    tmp_path, capsys, monkeypatch, variable, said
+) -> None:
+    """The line per run that outlives `make run` quotes DORA_ORPHAN_TIMEOUT_S when it is set,
+    the 30-min default otherwise; a queued run just waits."""
+    from backend.main import create_app
+    from backend.serve import _say_what_outlives_us
+    from backend.settings import Settings
+    from dora_core.contracts.wire import orphan_timeout_s
+
+    if variable is None:
+        monkeypatch.delenv("DORA_ORPHAN_TIMEOUT_S", raising=False)
+    else:
+        monkeypatch.setenv("DORA_ORPHAN_TIMEOUT_S", variable)
+    orphan_s = orphan_timeout_s()
+    assert not isinstance(orphan_s, str)
+    with serve_in_thread(create_app(Settings(data_dir=tmp_path))) as api:
+        _wait(f"{api}/api/health")
+        SimulatedRun(api, name="outlives").post([0])
+        _say_what_outlives_us(api, "http://dash", skip=None, orphan_s=orphan_s)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("run 1 keeps training (http://dash/runs/1)")
+    assert f"{said} (DORA_ORPHAN_TIMEOUT_S)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "expected"),
+    [
+        (None, None, 1800.0),
+        (None, "", 1800.0),  # set but empty: unset, like every DORA_ variable
+        (None, "45.5", 45.5),
+        ("10", "45.5", 10.0),  # the flag wins
+        (None, "0", "DORA_ORPHAN_TIMEOUT_S='0': must be a number of seconds above 0"),
+        (None, "inf", "DORA_ORPHAN_TIMEOUT_S='inf': must be a number of seconds above 0"),
+        ("-3", None, "--orphan-timeout='-3': must be a number of seconds above 0"),
+    ],
+)
+def test_the_orphan_timeout_is_read_once_for_worker_and_servers(flag, variable, expected) -> None:
+    from dora_core.contracts.wire import orphan_timeout_s
+
+    environ = {} if variable is None else {"DORA_ORPHAN_TIMEOUT_S": variable}
+    assert orphan_timeout_s(flag, environ) == expected

@@ -7,6 +7,9 @@ them, the dashboard reads them back (docs/protocol.md is the prose version).
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -33,6 +36,28 @@ WRONG_INSTANCE = "wrong_instance"
 # timeout checkpoints and exits with this status, its spool kept; `dora train --resume` goes on.
 ORPHANED_EXIT = 75
 DEFAULT_ORPHAN_TIMEOUT_S = 1800.0  # DORA_ORPHAN_TIMEOUT_S / --orphan-timeout override it
+
+
+def orphan_timeout_s(
+    flag: str | None = None, environ: Mapping[str, str] = os.environ
+) -> float | str:
+    """--orphan-timeout, else DORA_ORPHAN_TIMEOUT_S, else 30 minutes; a message when bad.
+
+    One parser for the worker (which acts on it) and `make run` (which tells the
+    user, on Ctrl-C, how long the runs it leaves behind keep going).
+    """
+    name, text = "--orphan-timeout", flag
+    if text is None:
+        name, text = "DORA_ORPHAN_TIMEOUT_S", environ.get("DORA_ORPHAN_TIMEOUT_S") or None
+    if text is None:
+        return DEFAULT_ORPHAN_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        return f"{name}={text!r}: must be a number of seconds above 0"
+    return value
 
 
 # --- tasks --------------------------------------------------------------------------------

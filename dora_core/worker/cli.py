@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from dora_core import __version__
 from dora_core.contracts.rundir import JOB_FILE
-from dora_core.contracts.wire import ORPHANED_EXIT
+from dora_core.contracts.wire import ORPHANED_EXIT, orphan_timeout_s
 
 if TYPE_CHECKING:
     from dora_core.contracts.job import JobConfig
@@ -93,7 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     api = args.api or os.environ.get("DORA_API_URL") or None
     run_id = os.environ.get("DORA_RUN_ID")
     token = os.environ.get("DORA_INGEST_TOKEN") or os.environ.get("DORA_API_TOKEN") or None
-    orphan_timeout = _orphan_timeout(args.orphan_timeout)
+    orphan_timeout = orphan_timeout_s(args.orphan_timeout)
     if isinstance(orphan_timeout, str):
         return _error("train", orphan_timeout)
     telemetry = Telemetry(
@@ -153,24 +152,6 @@ def _switch(name: str) -> bool | str:
     if text in ("1", "true", "yes"):
         return True
     return f"{name}={os.environ[name]!r}: use 1 (on) or 0 (off)"
-
-
-def _orphan_timeout(flag: str | None) -> float | str:
-    """--orphan-timeout, else DORA_ORPHAN_TIMEOUT_S, else 30 minutes; a message when bad."""
-    from dora_core.contracts.wire import DEFAULT_ORPHAN_TIMEOUT_S
-
-    name, text = "--orphan-timeout", flag
-    if text is None:
-        name, text = "DORA_ORPHAN_TIMEOUT_S", os.environ.get("DORA_ORPHAN_TIMEOUT_S") or None
-    if text is None:
-        return DEFAULT_ORPHAN_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        return f"{name}={text!r}: must be a number of seconds above 0"
-    return value
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
