@@ -217,3 +217,32 @@ def test_resume_skips_records_already_reported(tmp_path) -> None:
         ("event", 4),
     ]
     assert resumed.state["next_seq"] == 3  # the all-old batch was not sent
+
+
+def test_close_counts_the_time_the_api_was_already_away(tmp_path) -> None:
+    """An orphan stopped with SIGTERM (its API gone for longer than the close grace) makes
+    one last try and leaves, spool kept, instead of waiting the whole grace again."""
+    api = FakeApi()  # nothing listening
+    reporter = Reporter(tmp_path, api.url, run_id=2, flush_interval=0.02, max_backoff=0.2)
+    emit(reporter, range(5))
+    wait_until("six seconds without the API", lambda: reporter.unreachable_for() > 6, timeout=30)
+    began = time.monotonic()
+    assert reporter.close(timeout=6) is False
+    assert time.monotonic() - began < 4.5  # a full grace again would be 6 s
+    assert (tmp_path / SPOOL_FILE).read_text() != ""
+
+
+def test_close_tries_at_once_whatever_the_backoff(tmp_path) -> None:
+    """The API came back during a long backoff: close sends now, not when the backoff ends."""
+    api = FakeApi()
+    reporter = Reporter(tmp_path, api.url, run_id=4, flush_interval=0.02, max_backoff=30)
+    emit(reporter, range(5))
+    wait_until("backing off", lambda: reporter.unreachable_for() > 4, timeout=30)
+    api.start()
+    try:
+        reporter.event(5, "finished", "done")
+        assert reporter.close(timeout=2) is True
+        assert api.records()[-1]["kind"] == "finished"
+        assert by_type(api.records()) == by_type(read_metrics(tmp_path))
+    finally:
+        api.stop()

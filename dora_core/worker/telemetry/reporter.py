@@ -50,6 +50,8 @@ from dora_core.worker.telemetry.upload import UPLOAD_TIMEOUT_S, upload_adapter
 log = logging.getLogger("dora.telemetry")
 
 _CLOSE = object()
+# close() waits at least this long for an API that has been away longer than its grace
+_LAST_TRY_S = 1.0
 
 
 class Reporter:
@@ -200,8 +202,14 @@ class Reporter:
 
     # --- shutting down ---
     def close(self, timeout: float = 15.0) -> bool:
-        """Flush everything; wait up to ``timeout`` s for the API. True if nothing is left over."""
-        self._deadline = time.monotonic() + timeout
+        """Flush everything; wait up to ``timeout`` s for the API. True if nothing is left over.
+
+        The API gets ``timeout`` s of grace in all, not that much more: time it has already
+        been unreachable counts, so an orphaned worker stopped with SIGTERM makes one last
+        try and leaves (its spool kept) instead of waiting out a server that is gone.
+        """
+        grace = max(timeout - self.unreachable_for(), min(timeout, _LAST_TRY_S))
+        self._deadline = time.monotonic() + grace
         self._queue.put((_CLOSE, None))
         self._thread.join(timeout + 5)
         if self._client is not None:
@@ -214,7 +222,10 @@ class Reporter:
         retry_at = 0.0
         closing = False
         while True:
+            was_closing = closing
             records, closing = self._drain(closing)
+            if closing and not was_closing:
+                retry_at = 0.0  # the last records go out now, whatever the backoff said
             if records:
                 self._commit(records)
             if self._client is not None and not self._stopped and time.monotonic() >= retry_at:
