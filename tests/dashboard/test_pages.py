@@ -433,6 +433,21 @@ def test_full_fine_tuning_and_unregistered_runs_say_why_there_is_no_heatmap() ->
     assert cursor is None
 
 
+def test_methods_that_do_not_prune_say_why_there_is_no_budget_curve() -> None:
+    """LoRA reports a constant count (drawn, it was a bare line on empty-looking axes) and
+    full fine-tuning none: the card says why, without asking the API."""
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", token="")  # never called for these
+    lora = {**_run(1, method="lora"), "target_rank": 8}
+    fig, cursor = run.budget.budget(down, lora, None, method=METHODS["lora"])
+    assert cursor is None and not fig.data
+    assert "LoRA keeps rank 8 in every adapted layer" in fig.layout.annotations[0].text
+    fig, _ = run.budget.budget(down, _run(2, method="full"), None, method=METHODS["full"])
+    assert not fig.data and "no rank budget" in fig.layout.annotations[0].text
+    # a pruning method asks the API (down here): the card says so, no traceback
+    fig, cursor = run.budget.budget(down, _run(3), None, method=METHODS["dora"])
+    assert cursor is None and "cannot reach the API" in fig.layout.annotations[0].text
+
+
 def test_every_dashboard_module_stays_under_600_lines() -> None:
     root = Path(dashboard.__file__).parent
     lines = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in root.rglob("*.py")}

@@ -10,7 +10,7 @@ from dash import Dash, Input, Output, State, dcc, no_update
 from dashboard import components as ui
 from dashboard import figures, live
 from dashboard.api import ApiClient, ApiError, Method
-from dashboard.pages.run.common import method_of, phase_of, prunes
+from dashboard.pages.run.common import has_ranks, method_of, phase_of, prunes, target_rank
 
 
 def card() -> Any:
@@ -25,7 +25,10 @@ def stores() -> list[Any]:
 def budget(
     client: ApiClient, run: dict, cursor: int | None, *, method: Method | None
 ) -> tuple[Any, Any]:
-    """Full budget figure the first time, then Patches with the new points."""
+    """Full budget figure the first time, then Patches with the new points; a method that
+    does not prune has no schedule to draw (its constant count would be a bare line)."""
+    if not prunes(method):
+        return figures.empty_figure(fixed_budget_message(run, method)), None
     try:
         data = client.budget(run["id"], since_step=cursor)
     except ApiError as err:
@@ -34,12 +37,7 @@ def budget(
         )
     if cursor is None:
         if not data.get("steps"):
-            message = (
-                "No budget yet: it is reported from the first step."
-                if prunes(method)
-                else f"{ui.method_label(run.get('method'))} keeps a fixed rank: no budget schedule."
-            )
-            return figures.empty_figure(message), None
+            return figures.empty_figure("No budget yet: it is reported from the first step."), None
         fig = figures.budget_figure(
             data, run.get("num_modules"), run.get("total_steps"), phase_of(run, method=method)
         )
@@ -48,6 +46,17 @@ def budget(
     if not delta["steps"]:
         return no_update, no_update
     return live.budget_patch(delta, run.get("num_modules")), delta["steps"][-1]
+
+
+def fixed_budget_message(run: dict, method: Method | None) -> str:
+    """What the card says instead of a figure for a method that does not prune."""
+    if not has_ranks(method):
+        return "Full fine-tuning trains every weight: there is no rank budget."
+    rank = target_rank(run)
+    return (
+        f"{ui.method_label(run.get('method'))} keeps rank {rank} in every adapted layer "
+        "from start to end: there is no budget schedule."
+    )
 
 
 def register(app: Dash, client: ApiClient) -> None:

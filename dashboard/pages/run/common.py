@@ -33,6 +33,11 @@ def has_ranks(method: Method | None) -> bool:
     return method is None or bool(method["adapter"])
 
 
+def target_rank(run: dict) -> str:
+    """b(T) (LoRA's r) as the run or its config gives it; "–" when neither does."""
+    return str(run.get("target_rank") or (run.get("config") or {}).get("target_rank", "–"))
+
+
 def phase_of(run: dict, *, method: Method | None) -> tuple[float, float] | None:
     """The pruning phase of a run, from its config; None for methods that do not prune."""
     if not prunes(method):

@@ -19,7 +19,7 @@ from dashboard import components as ui
 from dashboard.api import ApiClient, ApiError, Method
 from dashboard.downloads import adapter_href
 from dashboard.livestream import stream_href
-from dashboard.pages.run.common import method_of, prunes
+from dashboard.pages.run.common import method_of, prunes, target_rank
 from dashboard.settings import DEFAULT_POLL_MS
 from dora_core.contracts.wire import FINAL_STATUSES
 
@@ -29,7 +29,6 @@ LOG_TAIL = 15
 def summary_items(run: dict, *, method: Method | None) -> list[tuple[str, str]]:
     """(label, value) pairs under the title: method, task (a generative one), data, budget,
     params, best metric."""
-    config = run.get("config") or {}
     items = [("method", ui.method_label(run.get("method")))]
     if ui.is_generative(run):
         items.append(("task", ui.task_label(ui.task_of(run))))
@@ -38,11 +37,11 @@ def summary_items(run: dict, *, method: Method | None) -> list[tuple[str, str]]:
         items.append(
             (
                 "b(T) / r'",
-                f"{run.get('target_rank') or config.get('target_rank', '–')} / {run.get('init_rank') or '–'}",
+                f"{target_rank(run)} / {run.get('init_rank') or '–'}",
             )
         )
     elif method and method["adapter"]:
-        items.append(("rank", str(run.get("target_rank") or config.get("target_rank", "–"))))
+        items.append(("rank", target_rank(run)))
     budget = run.get("budget")
     if budget and run.get("num_modules"):
         items.append(("live avg rank", f"{budget['live'] / run['num_modules']:.2f}"))
