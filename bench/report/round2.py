@@ -61,12 +61,18 @@ def only(r: Record, *allowed: str) -> bool:
 
 
 def pairs(
-    records: list[Record], a: Callable[[Record], bool], b: Callable[[Record], bool]
+    records: list[Record],
+    a: Callable[[Record], bool],
+    b: Callable[[Record], bool],
+    *,
+    across_methods: bool = False,
 ) -> list[tuple[float, float]]:
-    """(accuracy under a, accuracy under b) for every (dataset, b(T), method, seed) run both."""
+    """(accuracy under a, accuracy under b) for every (dataset, b(T), method, seed) run both;
+    ``across_methods`` pairs two methods' runs of the same (dataset, b(T), seed) instead."""
 
     def key(r: Record) -> tuple:
-        return (r["dataset"], r["budget"], r["method"], r["seed"])
+        method = () if across_methods else (r["method"],)
+        return (r["dataset"], r["budget"], *method, r["seed"])
 
     left = {key(r): r["accuracy"] for r in records if a(r)}
     return [(left[key(r)], r["accuracy"]) for r in records if b(r) and key(r) in left]
@@ -168,49 +174,111 @@ def init_section(cells: list[Record], lr8: dict, out: Path) -> list[str]:
     ]
 
 
-def longer_section(cells: list[Record], out: Path) -> list[str]:
+def longer_section(cells: list[Record], first: list[Record], out: Path) -> list[str]:
+    """900 steps against the first study's 300 (same lr, same seeds): does each method gain
+    from the extra epochs, and does DoRA's gap to the baselines change?"""
     recs = [r for r in cells if longer(r)]
+    short = [r for r in first if r["budget"] == 8 and r["dataset"] in DATASETS]
     per_epoch = FULL.plan(DATASETS[0]).steps
-    header = "| dataset | method | " + " | ".join(f"epoch {e}" for e in range(1, EPOCHS + 1)) + " |"
-    rows = [header, "|---|---|" + "---|" * EPOCHS]
+    epochs = [f"epoch {e}" for e in range(1, EPOCHS + 1)]
+    header = f"| dataset | method | {per_epoch} steps (first study) | " + " | ".join(epochs)
+    rows = [header + " | did not learn |", "|---|---|---|" + "---|" * EPOCHS + "---|"]
     for d in DATASETS:
         for m in METHODS:
             mine = [r for r in recs if (r["dataset"], r["method"]) == (d, m)]
-            at = []
+            seeds = {r["seed"] for r in mine}
+            before = [r for r in short if (r["dataset"], r["method"]) == (d, m)]
+            at = [cell(r for r in before if r["seed"] in seeds) if mine else "–"]
             for e in range(1, EPOCHS + 1):
                 accs = [a for r in mine if (a := epoch_acc(r, e * per_epoch)) is not None]
                 at.append(fmt(*mean_std(accs), len(accs)))
+            stuck = sum(r["macro_f1"] < LEARNED_F1 for r in mine)
+            at.append(f"{stuck} / {len(mine)}" if mine else "–")
             rows.append(f"| {d} | {METHOD_NAMES[m]} | " + " | ".join(at) + " |")
+    both = short + recs
+    gain = {
+        m: compare(
+            pairs(
+                both,
+                lambda r, m=m: r["method"] == m and not longer(r),
+                lambda r, m=m: r["method"] == m and longer(r),
+            )
+        )
+        for m in METHODS
+    }
     vs = {
         other: compare(
-            pairs(recs, lambda r, o=other: r["method"] == o, lambda r: r["method"] == "dora")
+            pairs(
+                recs,
+                lambda r, o=other: r["method"] == o,
+                lambda r: r["method"] == "dora",
+                across_methods=True,
+            )
         )
         for other in ("lora", "adalora")
     }
+    # the same (dataset, seed) pairs after the first study's steps: did the gap move?
+    common = _seeds_of(recs)
+    before_vs = compare(
+        pairs(
+            [r for r in short if (r["dataset"], r["seed"]) in common],
+            lambda r: r["method"] == "adalora",
+            lambda r: r["method"] == "dora",
+            across_methods=True,
+        )
+    )
     png = epochs_plot(recs, per_epoch, out)
     lines = [
         *titled(
             f"A longer regime: {EPOCHS} epochs of the train cap (b(T) = 8)",
             f"{EPOCHS * per_epoch} optimizer steps (the first study stopped after one epoch, "
             f"{per_epoch}); the pruning calendar scales with T, so DoRA's mask freezes halfway "
-            "and it then trains 1.5 epochs at its final ranks. Dev accuracy % after each epoch.",
+            "and it then trains 1.5 epochs at its final ranks. Each method at the first "
+            "study's lr for b(T) = 8, dev accuracy % after each epoch (the schedule is the "
+            f"{EPOCHS}-epoch one, so epoch 1 is not the first study's run, shown beside it "
+            "for the same seeds).",
         ),
         "\n".join(rows),
         "",
+        f"{EPOCHS} epochs against one, per method (same seeds and lr): "
+        + "; ".join(f"{METHOD_NAMES[m]} {describe(gain[m])}" for m in METHODS)
+        + ".",
+        "",
         f"DoRA against LoRA after {EPOCHS} epochs: {describe(vs['lora'])}. "
-        f"DoRA against AdaLoRA: {describe(vs['adalora'])}.",
+        f"DoRA against AdaLoRA: {describe(vs['adalora'])}; the same pairs after "
+        f"{per_epoch} steps (first study): {describe(before_vs)}.",
         "",
         *image(png, "dev accuracy over epochs"),
     ]
-    lines += [
-        verdict(
-            vs["adalora"],
-            "DoRA ahead of AdaLoRA by 0.59 (GLUE average at b(T)=8, many epochs)",
-            "giving DoRA time after the freeze (against AdaLoRA)",
-        ),
-        "",
-    ]
-    return lines
+    return [*lines, ordering_verdict(vs["adalora"], before_vs, per_epoch), ""]
+
+
+def ordering_verdict(after: Paired | None, before: Paired | None, per_epoch: int) -> str:
+    """Does DoRA's gap to AdaLoRA (the first study's strongest baseline) change sign or
+    significance with the extra epochs? One sentence, the paper's gap beside it."""
+    paper = "the paper: DoRA ahead of AdaLoRA by 0.59 (GLUE average at b(T)=8, many epochs)"
+    if after is None or before is None:
+        return f"**Verdict:** no paired DoRA and AdaLoRA runs yet; {paper}."
+
+    def reading(p: Paired) -> str:
+        side = "ahead of" if p.mean_diff > 0 else "behind" if p.mean_diff < 0 else "level with"
+        noise = "beyond seed noise" if p.significant() else "within seed noise"
+        return f"{side} AdaLoRA by {abs(p.mean_diff) * 100:.2f} points ({noise})"
+
+    same = (after.mean_diff > 0) == (before.mean_diff > 0) and (
+        after.significant() == before.significant()
+    )
+    return (
+        f"**Verdict:** after {EPOCHS} epochs DoRA is {reading(after)}, after {per_epoch} "
+        f"steps {reading(before)} on the same {after.n} pairs: the extra epochs "
+        f"{'do not change' if same else 'change'} the ordering; {paper}."
+    )
+
+
+def _seeds_of(recs: list[Record]) -> set[tuple[str, int]]:
+    """(dataset, seed) of the longer runs of both DoRA and AdaLoRA."""
+    by = {m: {(r["dataset"], r["seed"]) for r in recs if r["method"] == m} for m in METHODS}
+    return by["dora"] & by["adalora"]
 
 
 def searched_lr(search: list[Record]) -> dict[tuple[str, str], float]:
@@ -489,7 +557,7 @@ def section(results_dir: Path) -> list[str]:
         "",
         *dem_section(cells, lr8, results_dir / "round2-dem.png"),
         *init_section(cells, lr8, results_dir / "round2-init.png"),
-        *longer_section(cells, results_dir / "round2-epochs.png"),
+        *longer_section(cells, r1["cells"], results_dir / "round2-epochs.png"),
         *lr_b2_section(r2["search"], cells, r1["cells"]),
         *stability_section(everything, cells),
     ]
