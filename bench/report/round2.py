@@ -265,13 +265,17 @@ def ordering_verdict(after: Paired | None, before: Paired | None, per_epoch: int
         noise = "beyond seed noise" if p.significant() else "within seed noise"
         return f"{side} AdaLoRA by {abs(p.mean_diff) * 100:.2f} points ({noise})"
 
-    same = (after.mean_diff > 0) == (before.mean_diff > 0) and (
+    if not (after.significant() or before.significant()):
+        change = "neither gap is beyond seed noise, so these pairs show no ordering to change"
+    elif (after.mean_diff > 0) == (before.mean_diff > 0) and (
         after.significant() == before.significant()
-    )
+    ):
+        change = "the extra epochs do not change the ordering"
+    else:
+        change = "the extra epochs change the ordering"
     return (
         f"**Verdict:** after {EPOCHS} epochs DoRA is {reading(after)}, after {per_epoch} "
-        f"steps {reading(before)} on the same {after.n} pairs: the extra epochs "
-        f"{'do not change' if same else 'change'} the ordering; {paper}."
+        f"steps {reading(before)} on the same {after.n} pairs: {change}; {paper}."
     )
 
 

@@ -107,3 +107,15 @@ def test_the_longer_section_pairs_methods_and_compares_with_the_first_study(tmp_
         "steps behind AdaLoRA by 2.10 points (beyond seed noise) on the same 6 pairs: the extra "
         "epochs change the ordering"
     ) in text
+
+
+def test_the_ordering_verdict_reads_noise_as_noise() -> None:
+    # six pairs all one way: sign test p = 2 / 64; the spread is small, so t agrees
+    up = [(0.80, 0.82), (0.80, 0.821), (0.80, 0.822), (0.7, 0.72), (0.7, 0.721), (0.7, 0.722)]
+    ahead, behind = compare(up), compare([(b, a) for a, b in up])
+    noisy = compare([(0.80, 0.85), (0.80, 0.76), (0.80, 0.81)])
+    assert ahead.significant() and behind.significant() and not noisy.significant()
+    assert "the extra epochs change the ordering" in round2.ordering_verdict(ahead, behind, 300)
+    assert "do not change the ordering" in round2.ordering_verdict(ahead, ahead, 300)
+    assert "show no ordering to change" in round2.ordering_verdict(noisy, noisy, 300)
+    assert "no paired DoRA and AdaLoRA runs yet" in round2.ordering_verdict(None, ahead, 300)
