@@ -228,12 +228,16 @@ def longer_section(cells: list[Record], first: list[Record], out: Path) -> list[
         )
     )
     png = epochs_plot(recs, per_epoch, out)
+    warmup = FULL.common["warmup_ratio"]
     lines = [
         *titled(
             f"A longer regime: {EPOCHS} epochs of the train cap (b(T) = 8)",
             f"{EPOCHS * per_epoch} optimizer steps (the first study stopped after one epoch, "
             f"{per_epoch}); the pruning calendar scales with T, so DoRA's mask freezes halfway "
-            "and it then trains 1.5 epochs at its final ranks. Each method at the first "
+            f"and it then trains 1.5 epochs at its final ranks; the {warmup:.0%} warm-up scales "
+            f"too ({round(warmup * EPOCHS * per_epoch)} steps instead of "
+            f"{round(warmup * per_epoch)}, "
+            "a gentler start at the edge lr 0.01). Each method at the first "
             "study's lr for b(T) = 8, dev accuracy % after each epoch (the schedule is the "
             f"{EPOCHS}-epoch one, so epoch 1 is not the first study's run, shown beside it "
             "for the same seeds).",
