@@ -7,6 +7,7 @@ in the XSum literature; the corpus score is the mean of the per-example F1.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 KEYS = ("rouge1", "rouge2", "rougeL")
@@ -20,6 +21,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         return dict.fromkeys(KEYS, 0.0)
     from rouge_score import rouge_scorer
 
+    _spare_stderr_from_absl()
     scorer = rouge_scorer.RougeScorer(list(KEYS), use_stemmer=True)
     totals = dict.fromkeys(KEYS, 0.0)
     for pred, ref in zip(predictions, references, strict=True):
@@ -27,3 +29,17 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for key in KEYS:
             totals[key] += scores[key].fmeasure
     return {key: total / len(predictions) for key, total in totals.items()}
+
+
+def _spare_stderr_from_absl() -> None:
+    """rouge-score imports absl, whose log handler keeps the ``sys.stderr`` of that moment
+    and closes it in ``logging.shutdown`` (which ``logging.config.dictConfig`` runs too, as
+    uvicorn does on start) unless it is still ``sys.stderr`` then. Under pytest's capture, a
+    notebook's or any tool's redirect, that closes a stream someone else owns; the process's
+    own stderr is never closed. A stream the user chose for absl (a log file) is kept."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is None or sys.__stderr__ is None:
+        return
+    handler = absl_logging.get_absl_handler().python_handler
+    if handler.stream is sys.stderr and sys.stderr is not sys.__stderr__:
+        handler.stream = sys.__stderr__
