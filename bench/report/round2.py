@@ -505,6 +505,7 @@ def epochs_plot(recs: list[Record], per_epoch: int, out: Path) -> Path | None:
                     mode="lines+markers",
                 )
     fig.update_layout(xaxis_title="epoch", yaxis_title="dev accuracy %", template="plotly_white")
+    fig.update_xaxes(dtick=1)  # whole epochs only
     return write_png(fig, out)
 
 
