@@ -20,9 +20,10 @@ import base64
 import html
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -194,6 +195,25 @@ def write_html(path: Path, name: str, figs: list[tuple[str, go.Figure]]) -> None
     path.write_text(page, encoding="utf-8")
 
 
+T = TypeVar("T")
+KALEIDO_TRIES = 3
+
+
+def with_kaleido_retry(draw: Callable[[], T], tries: int = KALEIDO_TRIES) -> T:
+    """``draw()``, again when kaleido's headless Chromium failed in its own page script:
+    on a busy machine it can run a figure before that script has loaded (``kaleido_scopes
+    is not defined``). Any other error, and the last try's, goes to the caller."""
+    from kaleido.errors import JavascriptError
+
+    for attempt in range(1, tries + 1):
+        try:
+            return draw()
+        except JavascriptError:
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def write_png(path: Path, figs: list[tuple[str, go.Figure]]) -> None:
     """The figures one below the other in one PNG: kaleido draws each (one browser for
     all), then one more plotly figure lays them out as images, so no imaging library is
@@ -201,7 +221,9 @@ def write_png(path: Path, figs: list[tuple[str, go.Figure]]) -> None:
     heights = [int(fig.layout.height or 400) for _, fig in figs]
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(tmp) / f"{i}.png" for i in range(len(figs))]
-        pio.write_images([fig for _, fig in figs], files, width=WIDTH, height=heights)
+        with_kaleido_retry(
+            lambda: pio.write_images([fig for _, fig in figs], files, width=WIDTH, height=heights)
+        )
         images = [f.read_bytes() for f in files]
     total = sum(heights)
     sheet = go.Figure()
@@ -229,7 +251,7 @@ def write_png(path: Path, figs: list[tuple[str, go.Figure]]) -> None:
         paper_bgcolor="white",
         plot_bgcolor="white",
     )
-    sheet.write_image(str(path), width=WIDTH, height=total)
+    with_kaleido_retry(lambda: sheet.write_image(str(path), width=WIDTH, height=total))
 
 
 def plot(

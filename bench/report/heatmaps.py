@@ -10,6 +10,7 @@ from typing import Any
 from bench.report.common import ROOT, TYPE_SHORT, GridResults
 from bench.report.figure2 import figure2_table, type_profile
 from bench.study_grid import Grid
+from dashboard.plot import with_kaleido_retry
 from dora_core.contracts.rankgrid import rank_grid
 
 
@@ -94,5 +95,7 @@ def draw_heatmaps(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     width = max(640, 420 * len(items) + 120)
-    fig.write_image(str(path), width=width, height=fig.layout.height + 60, scale=1)
+    with_kaleido_retry(
+        lambda: fig.write_image(str(path), width=width, height=fig.layout.height + 60, scale=1)
+    )
     return matrices

@@ -27,6 +27,7 @@ from bench.study_round2 import (
     lr_b2_search,
     question_cells,
 )
+from dashboard.plot import with_kaleido_retry
 
 COMMAND = ".venv/bin/python bench/study.py --round2 --jobs 2"
 # A run "did not learn" when its dev macro-F1 stays below 0.5: a constant prediction scores
@@ -512,7 +513,7 @@ def epochs_plot(recs: list[Record], per_epoch: int, out: Path) -> Path | None:
 def write_png(fig: Any, out: Path) -> Path:
     fig.update_layout(margin={"t": 30, "b": 50})
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_image(str(out), width=760, height=420, scale=1)
+    with_kaleido_retry(lambda: fig.write_image(str(out), width=760, height=420, scale=1))
     return out
 
 

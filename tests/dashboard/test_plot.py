@@ -197,3 +197,37 @@ def test_dora_plot_help_and_errors_come_from_the_plot_module() -> None:
     assert bad.stderr.strip().splitlines() == [
         "dora plot: error: /nonexistent/run is not a run directory (no metrics.jsonl)"
     ]
+
+
+def test_a_kaleido_page_script_failure_is_drawn_again_other_errors_are_not() -> None:
+    from kaleido.errors import JavascriptError
+
+    from dashboard.plot import KALEIDO_TRIES, with_kaleido_retry
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < KALEIDO_TRIES:
+            raise JavascriptError("ReferenceError: kaleido_scopes is not defined")
+        return "png"
+
+    assert with_kaleido_retry(flaky) == "png" and len(calls) == KALEIDO_TRIES
+
+    def always() -> None:
+        calls.append(1)
+        raise JavascriptError("still failing")
+
+    calls.clear()
+    with pytest.raises(JavascriptError):
+        with_kaleido_retry(always)
+    assert len(calls) == KALEIDO_TRIES
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("not kaleido's")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        with_kaleido_retry(broken)
+    assert len(calls) == 1
