@@ -203,7 +203,13 @@ def with_kaleido_retry(draw: Callable[[], T], tries: int = KALEIDO_TRIES) -> T:
     """``draw()``, again when kaleido's headless Chromium failed in its own page script:
     on a busy machine it can run a figure before that script has loaded (``kaleido_scopes
     is not defined``). Any other error, and the last try's, goes to the caller."""
-    from kaleido.errors import JavascriptError
+    try:
+        from kaleido.errors import JavascriptError
+    except ImportError as exc:  # an optional extra: the HTML output needs nothing
+        raise PlotError(
+            "PNG output needs kaleido (pip install 'dora-toolkit[bench]'); "
+            "or write .html, which needs nothing more"
+        ) from exc
 
     for attempt in range(1, tries + 1):
         try:

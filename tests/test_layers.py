@@ -50,6 +50,7 @@ CONTRACTS_MAY = ("pydantic", "yaml", "dora_core.config", "dora_core.contracts")
 WEB_MAY = ("dora_core.contracts", "fastapi", "sqlalchemy", "alembic", "starlette", "uvicorn")
 WEB_MAY += ("pydantic", "pydantic_settings", "httpx", "dash", "plotly", "flask", "werkzeug")
 WEB_MAY += ("yaml", "psycopg", "gunicorn", "numpy", "pydantic_core")
+WEB_MAY += ("kaleido",)  # plotly's PNG engine, an optional extra imported only to export
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: p.name)

@@ -231,3 +231,14 @@ def test_a_kaleido_page_script_failure_is_drawn_again_other_errors_are_not() -> 
     with pytest.raises(ValueError):
         with_kaleido_retry(broken)
     assert len(calls) == 1
+
+
+def test_png_without_kaleido_is_one_line_that_offers_html(monkeypatch, tmp_path) -> None:
+    """kaleido is an optional extra: without it, asking for a PNG is a user's one-line error."""
+    from dashboard.plot import PlotError, with_kaleido_retry
+
+    monkeypatch.setitem(sys.modules, "kaleido.errors", None)  # what a missing package looks like
+    drawn: list[int] = []
+    with pytest.raises(PlotError, match=r"PNG output needs kaleido .*write \.html"):
+        with_kaleido_retry(lambda: drawn.append(1))
+    assert drawn == []
