@@ -440,7 +440,7 @@ def test_methods_that_do_not_prune_say_why_there_is_no_budget_curve() -> None:
     lora = {**_run(1, method="lora"), "target_rank": 8}
     fig, cursor = run.budget.budget(down, lora, None, method=METHODS["lora"])
     assert cursor is None and not fig.data
-    assert "LoRA keeps rank 8 in every adapted layer" in fig.layout.annotations[0].text
+    assert fig.layout.annotations[0].text == "LoRA keeps rank 8 in every layer."
     fig, _ = run.budget.budget(down, _run(2, method="full"), None, method=METHODS["full"])
     assert not fig.data and "no rank budget" in fig.layout.annotations[0].text
     # a pruning method asks the API (down here): the card says so, no traceback

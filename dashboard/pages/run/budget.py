@@ -51,12 +51,9 @@ def budget(
 def fixed_budget_message(run: dict, method: Method | None) -> str:
     """What the card says instead of a figure for a method that does not prune."""
     if not has_ranks(method):
-        return "Full fine-tuning trains every weight: there is no rank budget."
-    rank = target_rank(run)
-    return (
-        f"{ui.method_label(run.get('method'))} keeps rank {rank} in every adapted layer "
-        "from start to end: there is no budget schedule."
-    )
+        return "Full fine-tuning has no rank budget."
+    # short enough for a half-width card: plotly does not wrap an annotation
+    return f"{ui.method_label(run.get('method'))} keeps rank {target_rank(run)} in every layer."
 
 
 def register(app: Dash, client: ApiClient) -> None:
