@@ -79,6 +79,11 @@ def pairs(
     return [(left[key(r)], r["accuracy"]) for r in records if b(r) and key(r) in left]
 
 
+def not_learned(records: Iterable[Record]) -> int:
+    """How many of ``records`` did not learn (dev macro-F1 below LEARNED_F1)."""
+    return sum(r["macro_f1"] < LEARNED_F1 for r in records)
+
+
 def cell(records: Iterable[Record]) -> str:
     accs = [r["accuracy"] for r in records]
     return fmt(*mean_std(accs), len(accs))
@@ -193,7 +198,7 @@ def longer_section(cells: list[Record], first: list[Record], out: Path) -> list[
             for e in range(1, EPOCHS + 1):
                 accs = [a for r in mine if (a := epoch_acc(r, e * per_epoch)) is not None]
                 at.append(fmt(*mean_std(accs), len(accs)))
-            stuck = sum(r["macro_f1"] < LEARNED_F1 for r in mine)
+            stuck = not_learned(mine)
             at.append(f"{stuck} / {len(mine)}" if mine else "–")
             rows.append(f"| {d} | {METHOD_NAMES[m]} | " + " | ".join(at) + " |")
     both = short + recs
@@ -238,7 +243,7 @@ def longer_section(cells: list[Record], first: list[Record], out: Path) -> list[
             f"and it then trains 1.5 epochs at its final ranks; the {warmup:.0%} warm-up scales "
             f"too ({round(warmup * EPOCHS * per_epoch)} steps instead of "
             f"{round(warmup * per_epoch)}, "
-            "a gentler start at the edge lr 0.01). Each method at the first "
+            f"a gentler start at the edge lr {EDGE_LR:g}). Each method at the first "
             "study's lr for b(T) = 8, dev accuracy % after each epoch (the schedule is the "
             f"{EPOCHS}-epoch one, so epoch 1 is not the first study's run, shown beside it "
             "for the same seeds).",
@@ -356,9 +361,9 @@ def stability_section(everything: list[Record], cells: list[Record]) -> list[str
     rows = ["| method | runs | did not learn | share |", "|---|---|---|---|"]
     for m in METHODS:
         mine = [r for r in everything if r["method"] == m]
-        stuck = [r for r in mine if r["macro_f1"] < LEARNED_F1]
-        share = f"{len(stuck) / len(mine):.0%}" if mine else "–"
-        rows.append(f"| {METHOD_NAMES[m]} | {len(mine)} | {len(stuck)} | {share} |")
+        stuck = not_learned(mine)
+        share = f"{stuck / len(mine):.0%}" if mine else "–"
+        rows.append(f"| {METHOD_NAMES[m]} | {len(mine)} | {stuck} | {share} |")
     by_lr = [
         "| method | " + " | ".join(f"lr {lr:g}" for lr in FULL.lrs) + " |",
         "|---|" + "---|" * len(FULL.lrs),
@@ -367,7 +372,7 @@ def stability_section(everything: list[Record], cells: list[Record]) -> list[str
         parts = []
         for lr in FULL.lrs:
             mine = [r for r in everything if r["method"] == m and r["lr"] == lr]
-            stuck = sum(r["macro_f1"] < LEARNED_F1 for r in mine)
+            stuck = not_learned(mine)
             parts.append(f"{stuck}/{len(mine)}" if mine else "–")
         by_lr.append(f"| {METHOD_NAMES[m]} | " + " | ".join(parts) + " |")
     head = [
@@ -387,14 +392,14 @@ def stability_section(everything: list[Record], cells: list[Record]) -> list[str
         parts = []
         for h in (None, HEAD_LR):
             mine = [r for r in head if r["method"] == m and overrides(r).get("head_lr") == h]
-            stuck = sum(r["macro_f1"] < LEARNED_F1 for r in mine)
+            stuck = not_learned(mine)
             parts.append(f"{stuck} / {len(mine)}, {cell(mine)}" if mine else "–")
         head_rows.append(f"| {METHOD_NAMES[m]} | " + " | ".join(parts) + " |")
     slow = compare(
         pairs(head, lambda r: "head_lr" not in overrides(r), lambda r: "head_lr" in overrides(r))
     )
-    stuck_plain = sum(r["macro_f1"] < LEARNED_F1 for r in head if "head_lr" not in overrides(r))
-    stuck_slow = sum(r["macro_f1"] < LEARNED_F1 for r in head if "head_lr" in overrides(r))
+    stuck_plain = not_learned(r for r in head if "head_lr" not in overrides(r))
+    stuck_slow = not_learned(r for r in head if "head_lr" in overrides(r))
     if slow is None:
         reading = "**Verdict:** the head-lr cells have not run yet."
     elif stuck_plain > stuck_slow:
