@@ -143,7 +143,7 @@ def test_ctrl_c_quotes_the_orphan_timeout_the_workers_read(
     tmp_path, capsys, monkeypatch, variable, said
 ) -> None:
     """The line per run that outlives `make run` quotes DORA_ORPHAN_TIMEOUT_S when it is set,
-    the 30-min default otherwise; a queued run just waits."""
+    the 30-min default otherwise."""
     from backend.main import create_app
     from backend.serve import _say_what_outlives_us
     from backend.settings import Settings
